@@ -1,0 +1,340 @@
+"""The only module that imports Ray.
+
+Ray's reporting and checkpoint APIs have changed several times; keeping every Ray call here keeps
+the next change to one file. Uses only the ``ray.tune`` entry points (see RAY_NOTES: with Train V2,
+``ray.train.report`` inside a Tune trainable fails the trial).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import sys
+import time
+from collections.abc import Mapping
+from typing import Any
+
+# Quiet, single-status console output (read by Tune when a run starts).
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+
+import ray  # noqa: E402
+from ray import tune  # noqa: E402
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback  # noqa: E402
+
+from . import space as sp  # noqa: E402
+from .exceptions import ConfigError, ResourceError  # noqa: E402
+
+__all__ = [
+    "start_local",
+    "connect",
+    "check_resources",
+    "param_space",
+    "build_search",
+    "build_scheduler",
+    "RayReporter",
+    "ray_trainable",
+    "ConsoleCallback",
+]
+
+log = logging.getLogger("raytune_torch")
+
+
+# ------------------------------------------------------------------------------------------------
+# Starting and connecting
+
+
+def start_local(num_cpus: int | None = None, num_gpus: int | None = None) -> bool:
+    """Start a private Ray instance bound to 127.0.0.1, unless this process already has one.
+
+    Never attaches to another Ray cluster running on the machine (``address="local"``).
+    Returns True when this call started Ray (the caller then shuts it down).
+    """
+    if ray.is_initialized():
+        return False
+    # Ray binds the machine's network address by default; this keeps GCS, raylet and workers on
+    # loopback. The constant is read when nodes start; the variable reaches child processes.
+    from ray._private import ray_constants
+
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    if num_gpus is None:
+        num_gpus = _cuda_count()
+    ray.init(
+        address="local",
+        num_cpus=num_cpus or os.cpu_count() or 1,
+        num_gpus=num_gpus,
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level=logging.WARNING,
+        configure_logging=True,
+    )
+    return True
+
+
+def connect(address: str) -> bool:
+    """Join an existing Ray cluster at ``address`` ("auto" or host:port). Returns True if joined now."""
+    if ray.is_initialized():
+        return False
+    ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+    return True
+
+
+def shutdown() -> None:
+    ray.shutdown()
+
+
+def _cuda_count() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception:  # pragma: no cover - torch always importable here
+        return 0
+
+
+def check_resources(cpu: float, gpu: float, max_concurrent: int | None) -> dict[str, Any]:
+    """Fail before launch when no alive node can hold one trial. Returns what the cluster has."""
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    best = max(((n["Resources"].get("CPU", 0.0), n["Resources"].get("GPU", 0.0)) for n in nodes),
+               default=(0.0, 0.0))
+    fits = [n for n in nodes if n["Resources"].get("CPU", 0.0) >= cpu and n["Resources"].get("GPU", 0.0) >= gpu]
+    if not fits:
+        cpus = max(n["Resources"].get("CPU", 0.0) for n in nodes) if nodes else 0
+        gpus = max(n["Resources"].get("GPU", 0.0) for n in nodes) if nodes else 0
+        fix = []
+        if cpu > cpus:
+            fix.append(f"lower resources.cpu (--cpus-per-trial) to at most {cpus:g}")
+        if gpu > gpus:
+            fix.append("set resources.gpu: 0 (--gpus-per-trial 0)" if gpus == 0 else
+                       f"lower resources.gpu (--gpus-per-trial) to at most {gpus:g}")
+        raise ResourceError(
+            f"each trial asks for {{cpu: {cpu:g}, gpu: {gpu:g}}} but no node of the Ray cluster has that "
+            f"much (largest: {best[0]:g} CPUs, {best[1]:g} GPUs over {len(nodes)} node(s)); "
+            + "; ".join(fix or ["run on a cluster with larger nodes"])
+        )
+    total = ray.cluster_resources()
+    return {"nodes": len(nodes), "cpus": total.get("CPU", 0.0), "gpus": total.get("GPU", 0.0)}
+
+
+# ------------------------------------------------------------------------------------------------
+# Search space, searchers and schedulers
+
+
+def _domain(param: sp.Param) -> Any:
+    if isinstance(param, sp.Float):
+        if param.step is not None:
+            return tune.qloguniform(param.low, param.high, param.step) if param.log else \
+                tune.quniform(param.low, param.high, param.step)
+        return tune.loguniform(param.low, param.high) if param.log else tune.uniform(param.low, param.high)
+    if isinstance(param, sp.Int):
+        if param.step is not None:
+            return tune.qlograndint(param.low, param.high, param.step) if param.log else \
+                tune.qrandint(param.low, param.high, param.step)
+        # randint/lograndint exclude the upper bound; ours is inclusive.
+        return tune.lograndint(param.low, param.high + 1) if param.log else tune.randint(param.low, param.high + 1)
+    if isinstance(param, sp.Choice):
+        return tune.choice(list(param.values))
+    if isinstance(param, sp.Grid):
+        return tune.grid_search(list(param.values))
+    raise TypeError(f"not a search-space parameter: {param!r}")
+
+
+def param_space(space: Mapping[str, Any], algorithm: str) -> dict[str, Any]:
+    """Ray's param_space for ``space`` under ``algorithm`` (constants pass through)."""
+    out: dict[str, Any] = {}
+    for name, value in space.items():
+        if not isinstance(value, (sp.Float, sp.Int, sp.Choice, sp.Grid)):
+            out[name] = value
+        elif algorithm == "grid":
+            # Enumerated through points_to_evaluate (see build_search); a sampled domain over the
+            # same values keeps Ray's variant generator consistent.
+            out[name] = tune.choice(sp.grid_values(value, "grid"))
+        elif algorithm == "optuna" and isinstance(value, sp.Grid):
+            out[name] = tune.choice(list(value.values))
+        else:
+            out[name] = _domain(value)
+    return out
+
+
+def build_search(config: Any) -> tuple[Any, int, str | None]:
+    """The search algorithm, the number of trials, and a note for the console (or None)."""
+    search = config.search
+    space = config.space
+    algorithm = search.algorithm
+    if algorithm == "grid":
+        from ray.tune.search.basic_variant import BasicVariantGenerator
+
+        points = sp.grid_points(space, "grid") or [{}]
+        # Shuffle (seeded): Ray's ASHA judges a trial against those seen so far; an ordered grid
+        # (e.g. ascending learning rate) defeats it.
+        random.Random(config.seed).shuffle(points)
+        points = points * search.num_samples
+        return BasicVariantGenerator(points_to_evaluate=points, random_state=config.seed), len(points), None
+    if algorithm == "random":
+        from ray.tune.search.basic_variant import BasicVariantGenerator
+
+        grid = max(1, len(sp.grid_points(space, "random")))
+        return BasicVariantGenerator(random_state=config.seed), search.num_samples, (
+            f"{grid} grid point(s) x {search.num_samples} sample(s)" if grid > 1 else None)
+    if algorithm == "optuna":
+        try:
+            import optuna
+            from ray.tune.search.optuna import OptunaSearch
+        except ImportError:
+            raise ConfigError(["search: optuna is not installed; pip install 'raytune-torch[optuna]'"]) from None
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        searched = sp.searched(space)
+        if searched and all(isinstance(v, sp.Grid) for v in searched.values()):
+            grid = {k: list(v.values) for k, v in searched.items()}
+            n = len(sp.grid_points(space, "optuna"))
+            sampler = optuna.samplers.GridSampler(grid, seed=config.seed)
+            return OptunaSearch(sampler=sampler, seed=config.seed), n, f"an all-grid space runs as Optuna's GridSampler: {n} trials"
+        sampler = optuna.samplers.TPESampler(seed=config.seed)
+        return OptunaSearch(sampler=sampler), search.num_samples, None
+    if algorithm == "hyperopt":
+        try:
+            from ray.tune.search.hyperopt import HyperOptSearch
+            import hyperopt  # noqa: F401
+        except ImportError:
+            raise ConfigError(["search: hyperopt is not installed; pip install 'raytune-torch[hyperopt]'"]) from None
+        return HyperOptSearch(random_state_seed=config.seed), search.num_samples, None
+    raise ConfigError([f"search.algorithm: unknown searcher {algorithm!r}"])
+
+
+def build_scheduler(config: Any) -> Any:
+    name = config.scheduler.name
+    opts = dict(config.scheduler.options)
+    max_t = config.train.max_epochs
+    from ray.tune import schedulers as s
+
+    if name == "fifo":
+        return s.FIFOScheduler()
+    if name == "asha":
+        return s.ASHAScheduler(time_attr="training_iteration", max_t=max_t, grace_period=opts["grace_period"],
+                               reduction_factor=opts["reduction_factor"], brackets=opts["brackets"])
+    if name == "hyperband":
+        return s.HyperBandScheduler(time_attr="training_iteration", max_t=max_t,
+                                    reduction_factor=opts["reduction_factor"])
+    if name == "median":
+        return s.MedianStoppingRule(time_attr="training_iteration", grace_period=opts["grace_period"],
+                                    min_samples_required=opts["min_samples_required"])
+    raise ConfigError([f"scheduler.name: unknown scheduler {name!r}"])
+
+
+# ------------------------------------------------------------------------------------------------
+# Inside a trial
+
+
+def _trial_index(trial_id: str) -> int:
+    tail = trial_id.rsplit("_", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
+
+
+class RayReporter:
+    """The trainable's :class:`~raytune_torch.trainable.Reporter` on Ray Tune."""
+
+    def __init__(self) -> None:
+        ctx = tune.get_context()
+        self.trial_id = ctx.get_trial_id() or "trial"
+        self.trial_index = _trial_index(self.trial_id)
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
+        checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        tune.report(metrics, checkpoint=checkpoint)
+
+    @contextlib.contextmanager
+    def checkpoint_dir(self):
+        checkpoint = tune.get_checkpoint()
+        if checkpoint is None:
+            yield None
+            return
+        with checkpoint.as_directory() as directory:
+            yield directory
+
+
+def _train_function(params: dict[str, Any], config: Any = None, data: Any = None) -> None:
+    from .trainable import run_trial
+
+    res = config.resources
+    run_trial(params, config, data, RayReporter(), cpus=res.cpu, gpu_share=res.gpu)
+
+
+def ray_trainable(config: Any, data: Any) -> Any:
+    """The Tune trainable: data goes to the object store once (``tune.with_parameters``)."""
+    trainable = tune.with_parameters(_train_function, config=config, data=data)
+    return tune.with_resources(trainable, {"cpu": config.resources.cpu, "gpu": config.resources.gpu})
+
+
+def trial_dirname(trial: Any) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+class ConsoleCallback(tune.Callback):
+    """One line per finished trial instead of Ray's pages of logs."""
+
+    def __init__(self, metric: str, total: int, stream: Any = None) -> None:
+        self.metric = metric
+        self.total = total
+        self.done = 0
+        self.stream = stream
+        self.start = time.monotonic()
+
+    def _print(self, text: str) -> None:
+        print(text, file=self.stream or sys.stdout, flush=True)
+
+    def _line(self, trial: Any, status: str) -> None:
+        self.done += 1
+        last = trial.last_result or {}
+        value = last.get(self.metric)
+        shown = f"{self.metric}={value:.4g}" if isinstance(value, (int, float)) else f"{self.metric}=-"
+        params = ", ".join(f"{k}={_fmt(v)}" for k, v in sorted((trial.config or {}).items()))
+        self._print(f"[{self.done}/{self.total} {time.monotonic() - self.start:6.1f}s] {trial.trial_id} "
+                    f"{status} after {last.get('epoch', 0)} epoch(s): {shown}  ({params})")
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        last = trial.last_result or {}
+        status = "diverged" if last.get("diverged") else "early-stopped" if last.get("early_stopped") else "done"
+        self._line(trial, status)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._line(trial, "ERROR")
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def run_tuner(config: Any, data: Any, *, run_dir_parent: str, callbacks: list) -> Any:
+    """Build and fit the Tuner; returns Ray's ResultGrid."""
+    search_alg, num_samples, _ = build_search(config)
+    scheduler = build_scheduler(config)
+    tune_config = tune.TuneConfig(
+        metric=config.search.metric,
+        mode=config.search.mode,
+        search_alg=search_alg,
+        scheduler=scheduler,
+        num_samples=num_samples,
+        max_concurrent_trials=config.search.max_concurrent,
+        reuse_actors=True,
+        trial_dirname_creator=trial_dirname,
+    )
+    run_config = tune.RunConfig(
+        name=config.name,
+        storage_path=run_dir_parent,
+        checkpoint_config=tune.CheckpointConfig(
+            num_to_keep=config.checkpoint.keep,
+            checkpoint_score_attribute=config.search.metric,
+            checkpoint_score_order=config.search.mode,
+        ),
+        failure_config=tune.FailureConfig(max_failures=0),
+        verbose=0,
+        log_to_file=True,
+        callbacks=[JsonLoggerCallback(), CSVLoggerCallback(), *callbacks],
+    )
+    tuner = tune.Tuner(ray_trainable(config, data), param_space=param_space(config.space, config.search.algorithm),
+                       tune_config=tune_config, run_config=run_config)
+    return tuner.fit()

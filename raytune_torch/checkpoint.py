@@ -1,0 +1,134 @@
+"""Full training state: save atomically, load strictly and safely.
+
+A checkpoint is a directory with ``state.pt`` (``torch.save`` of plain containers and tensors:
+model, optimizer, LR scheduler, grad scaler, early-stopping state, epoch, every RNG state, trial
+parameters) and ``state.json`` (format, epoch, size and SHA-256 of ``state.pt``), written last.
+A directory whose ``state.json`` is missing or whose hash does not match is refused, so a
+half-written checkpoint is never picked up. Loading uses ``torch.load(weights_only=True)`` with a
+``map_location``: no arbitrary objects are unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .exceptions import CheckpointError
+
+__all__ = ["FORMAT", "STATE_KEYS", "save_state", "load_state", "capture_rng", "restore_rng", "read_meta"]
+
+FORMAT = "raytune_torch/1"
+STATE_FILE = "state.pt"
+META_FILE = "state.json"
+STATE_KEYS = frozenset({
+    "format", "epoch", "model", "optimizer", "lr_scheduler", "scaler", "early_stopping", "rng",
+    "params", "trial_seed",
+})
+
+
+def capture_rng(shuffle: torch.Generator | None = None) -> dict[str, Any]:
+    """Every RNG state a trial depends on, as plain containers and tensors."""
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None,
+        "shuffle": shuffle.get_state() if shuffle is not None else None,
+    }
+    return state
+
+
+def restore_rng(state: dict[str, Any], shuffle: torch.Generator | None = None) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if shuffle is not None and state.get("shuffle") is not None:
+        shuffle.set_state(state["shuffle"])
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_state(directory: str | os.PathLike, state: dict[str, Any]) -> Path:
+    """Write ``state`` into ``directory`` atomically; returns the directory."""
+    missing = STATE_KEYS - set(state)
+    extra = set(state) - STATE_KEYS
+    if missing or extra:
+        raise CheckpointError(f"internal: checkpoint state keys differ (missing {sorted(missing)}, unexpected {sorted(extra)})")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / (STATE_FILE + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, directory / STATE_FILE)
+    meta = {"format": FORMAT, "epoch": int(state["epoch"]), "bytes": (directory / STATE_FILE).stat().st_size,
+            "sha256": _sha256(directory / STATE_FILE)}
+    tmp_meta = directory / (META_FILE + ".tmp")
+    tmp_meta.write_text(json.dumps(meta))
+    os.replace(tmp_meta, directory / META_FILE)
+    return directory
+
+
+def read_meta(directory: str | os.PathLike) -> dict[str, Any]:
+    """The ``state.json`` of a checkpoint directory, checked against ``state.pt``."""
+    directory = Path(directory)
+    meta_path, state_path = directory / META_FILE, directory / STATE_FILE
+    if not state_path.is_file():
+        raise CheckpointError(f"checkpoint {str(directory)!r} has no {STATE_FILE}; it is not a raytune_torch checkpoint or was not finished")
+    if not meta_path.is_file():
+        raise CheckpointError(f"checkpoint {str(directory)!r} has no {META_FILE}; it was not finished writing")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"checkpoint {str(meta_path)!r} is corrupted: {exc}") from None
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint {str(meta_path)!r} has format {meta.get('format')!r}, expected {FORMAT!r}")
+    size = state_path.stat().st_size
+    if size != meta.get("bytes") or _sha256(state_path) != meta.get("sha256"):
+        raise CheckpointError(
+            f"checkpoint file {str(state_path)!r} is truncated or corrupted ({size} bytes, "
+            f"{meta.get('bytes')} expected, or the SHA-256 differs)"
+        )
+    return meta
+
+
+def load_state(directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint written by :func:`save_state`; verifies it and its keys."""
+    read_meta(directory)
+    path = Path(directory) / STATE_FILE
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # truncated zip, unpickling refused, ...
+        raise CheckpointError(f"checkpoint file {str(path)!r} cannot be read: {exc}") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint file {str(path)!r} does not hold a state dict")
+    missing, extra = STATE_KEYS - set(state), set(state) - STATE_KEYS
+    if missing or extra:
+        raise CheckpointError(
+            f"checkpoint file {str(path)!r}: missing keys {sorted(missing)}, unexpected keys {sorted(extra)}"
+        )
+    return state
+
+
+def load_model_state(model: torch.nn.Module, state: dict[str, Any], where: str) -> None:
+    """``model.load_state_dict(strict=True)`` with an error that names the checkpoint."""
+    try:
+        model.load_state_dict(state["model"], strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"checkpoint {where!r} does not fit the model: {exc}") from None

@@ -1,0 +1,140 @@
+"""``raytune-torch``: run, validate, results.
+
+Exit status: 0 success; 2 bad input (the experiment, its data or resources; every problem is
+listed and nothing was started); 1 any other failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from .exceptions import ConfigError, PreflightError, RaytuneTorchError, ResourceError
+
+__all__ = ["main", "build_parser"]
+
+_OVERRIDE_FLAGS: list[tuple[str, str, Any, str]] = [
+    # flag, override name, type, help
+    ("--search", "search", str, "searcher: grid, random, optuna, hyperopt"),
+    ("--scheduler", "scheduler", str, "scheduler: fifo, asha, hyperband, median"),
+    ("--num-samples", "num_samples", int, "trials to sample (per grid point for random)"),
+    ("--max-epochs", "max_epochs", int, "epochs per trial at most (also the schedulers' max_t)"),
+    ("--storage", "storage", str, "where run directories go (STORAGE/NAME)"),
+    ("--name", "name", str, "the run's name"),
+    ("--seed", "seed", int, "the experiment seed"),
+    ("--cpus-per-trial", "cpus_per_trial", float, "CPUs per trial (also torch threads)"),
+    ("--gpus-per-trial", "gpus_per_trial", float, "GPU share per trial, e.g. 0.25"),
+    ("--max-concurrent", "max_concurrent", int, "trials running at once at most"),
+    ("--metric", "metric", str, "the metric to optimise, e.g. val_accuracy"),
+    ("--mode", "mode", str, "min or max (follows the metric by default)"),
+]
+
+
+def _add_overrides(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("overrides of the experiment file")
+    for flag, dest, kind, help_text in _OVERRIDE_FLAGS:
+        group.add_argument(flag, dest=dest, type=kind, default=None, help=help_text)
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {dest: getattr(args, dest) for _, dest, _, _ in _OVERRIDE_FLAGS if getattr(args, dest) is not None}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="raytune-torch", description="Tune PyTorch models on Ray Tune.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="tune an experiment (a private local Ray instance unless --address)")
+    p.add_argument("experiment", help="the experiment YAML file")
+    p.add_argument("--address", default=None, help="join this Ray cluster ('auto' or HOST:PORT) instead of starting one")
+    p.add_argument("--quiet", action="store_true", help="print only the final summary and errors")
+    _add_overrides(p)
+
+    p = sub.add_parser("validate", help="check an experiment file, its data and one batch; start nothing")
+    p.add_argument("experiment")
+    p.add_argument("--no-data", action="store_true", help="check the file only (skip loading data and the batch)")
+    _add_overrides(p)
+
+    p = sub.add_parser("results", help="show the best trial and a top-k table of a run directory")
+    p.add_argument("run_dir")
+    p.add_argument("--top", type=int, default=5, help="how many trials to list (default 5)")
+    p.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    return parser
+
+
+def _fail(exc: Exception, code: int) -> int:
+    label = {ConfigError: "invalid experiment", PreflightError: "the trial would fail",
+             ResourceError: "not enough resources"}.get(type(exc), "error")
+    print(f"raytune-torch: {label}: {exc}", file=sys.stderr)
+    return code
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .tuner import run
+
+    run(args.experiment, address=args.address, quiet=args.quiet, **_overrides(args))
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .space import grid_points
+
+    if args.no_data:
+        config = load_config(args.experiment, **_overrides(args))
+        print(f"OK: {args.experiment} is a valid experiment ({config.name}: search={config.search.algorithm}, "
+              f"scheduler={config.scheduler.name}, metric={config.search.metric})")
+        return 0
+    from .tuner import prepare
+
+    config, data = prepare(args.experiment, **_overrides(args))
+    grid = len(grid_points(config.space, config.search.algorithm)) if config.search.algorithm in ("grid", "random") else 1
+    trials = grid * config.search.num_samples if config.search.algorithm in ("grid", "random") else config.search.num_samples
+    print(f"OK: {args.experiment}: {config.name}; about {trials} trial(s), search={config.search.algorithm}, "
+          f"scheduler={config.scheduler.name}, metric={config.search.metric} ({config.search.mode}); "
+          f"data: {data.describe()}; one batch trained and evaluated")
+    return 0
+
+
+def _cmd_results(args: argparse.Namespace) -> int:
+    from .results import TuneResult
+
+    result = TuneResult(args.run_dir)
+    top = result.top(max(1, args.top))
+    metric = result.metric
+    config_cols = [c for c in top.columns if c.startswith("config/")]
+    cols = ["trial_id", "status", "epochs", "epoch", metric,
+            *[c for c in ("val_loss", "train_loss") if c != metric and c in top.columns], *config_cols]
+    cols = [c for c in dict.fromkeys(cols) if c in top.columns]
+    if args.format == "json":
+        print(json.dumps({"run_dir": result.run_dir, "best": result.best,
+                          "top": json.loads(top[cols].to_json(orient="records"))}, indent=2))
+    elif args.format == "csv":
+        print(top[cols].to_csv(index=False), end="")
+    else:
+        print(result.summary())
+        print()
+        print(top[cols].rename(columns=lambda c: c.removeprefix("config/")).to_string(
+            index=False, float_format=lambda v: f"{v:.4g}"))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler = {"run": _cmd_run, "validate": _cmd_validate, "results": _cmd_results}[args.command]
+    try:
+        return handler(args)
+    except (ConfigError, PreflightError, ResourceError) as exc:
+        return _fail(exc, 2)
+    except RaytuneTorchError as exc:
+        return _fail(exc, 1)
+    except KeyboardInterrupt:
+        print("raytune-torch: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""The errors raytune_torch raises.
+
+Exception tree::
+
+    RaytuneTorchError             base of everything below; catch this to catch ours
+    ├── ConfigError               the experiment (file, search space, overrides) is invalid;
+    │                             ``.problems`` lists every problem found, not just the first
+    ├── PreflightError            a trial cannot work: the model, loss, or data fail on one batch
+    │                             in the driver, before Ray starts any trial
+    ├── ResourceError             no node of the cluster can satisfy one trial's resources
+    ├── CheckpointError           a checkpoint file is missing, truncated, or does not match
+    └── ResultsError              a run directory is missing or is not a raytune_torch run
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "RaytuneTorchError",
+    "ConfigError",
+    "PreflightError",
+    "ResourceError",
+    "CheckpointError",
+    "ResultsError",
+]
+
+
+class RaytuneTorchError(Exception):
+    """Base class of every error raised by raytune_torch."""
+
+
+class ConfigError(RaytuneTorchError, ValueError):
+    """An invalid experiment. ``problems`` holds one line per problem found."""
+
+    def __init__(self, problems: list[str] | str, *, source: str | None = None) -> None:
+        if isinstance(problems, str):
+            problems = [problems]
+        self.problems = list(problems)
+        self.source = source
+        where = f" in {source}" if source else ""
+        count = len(self.problems)
+        head = f"{count} problem{'s' if count != 1 else ''}{where}:"
+        super().__init__("\n".join([head, *(f"  - {p}" for p in self.problems)]))
+
+
+class PreflightError(RaytuneTorchError):
+    """A trial would fail: found by running one batch in the driver before launch."""
+
+
+class ResourceError(RaytuneTorchError):
+    """A trial asks for more CPUs or GPUs than any node of the cluster has."""
+
+
+class CheckpointError(RaytuneTorchError):
+    """A checkpoint cannot be read, or its contents do not match what was expected."""
+
+
+class ResultsError(RaytuneTorchError):
+    """A run directory cannot be read as raytune_torch results."""

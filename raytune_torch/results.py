@@ -1,0 +1,283 @@
+"""A finished run: ``results.parquet`` (one row per trial and epoch), ``best.json``, ``load_model()``.
+
+Run directory layout (``STORAGE/NAME``)::
+
+    experiment.yaml        the experiment as it ran (after overrides)
+    results.parquet        trial_id, epoch, train_loss, val_loss, val_<metric>..., status, config/<name>...
+    best.json              the best trial (by the experiment's metric over all its epochs)
+    trial_<id>/            Ray's per-trial folder: result.json, progress.csv, checkpoint_*/
+    tuner.pkl, experiment_state-*.json   Ray's own experiment files
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .exceptions import ResultsError
+
+__all__ = ["TuneResult", "write_results", "METRIC_COLUMNS"]
+
+METRIC_COLUMNS = ("epoch", "train_loss", "val_loss", "lr", "epoch_time_s", "samples_per_s", "trial_seed",
+                  "diverged", "early_stopped")
+
+
+def _status(rows: list[dict], error: str | None, max_epochs: int) -> str:
+    if error:
+        return "error"
+    if not rows:
+        return "no_result"
+    last = rows[-1]
+    if last.get("diverged"):
+        return "diverged"
+    if last.get("early_stopped"):
+        return "early_stopped"
+    if last.get("epoch", 0) < max_epochs:
+        return "pruned"  # stopped by the scheduler (ASHA, Hyperband, median)
+    return "completed"
+
+
+def _trial_rows(result: Any, metric_names: tuple[str, ...]) -> list[dict]:
+    df = result.metrics_dataframe
+    if df is None or len(df) == 0 or "epoch" not in df.columns:
+        return []
+    keep = [c for c in dict.fromkeys((*METRIC_COLUMNS, *metric_names)) if c in df.columns]
+    df = df[keep].drop_duplicates(subset="epoch", keep="last").sort_values("epoch")
+    return df.to_dict("records")
+
+
+def _better(a: float, b: float, mode: str) -> bool:
+    return a < b if mode == "min" else a > b
+
+
+def write_results(run_dir: str, config: Any, data: Any, grid: Any) -> None:
+    """Write ``results.parquet`` and ``best.json`` from Ray's ResultGrid."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    metric, mode = config.search.metric, config.search.mode
+    metric_names = config.metric_names
+    rows: list[dict] = []
+    best: dict | None = None
+    trials = []
+    for result in grid:
+        trial_id = Path(result.path).name.removeprefix("trial_")
+        error = None if result.error is None else f"{type(result.error).__name__}: {result.error}".strip()
+        history = _trial_rows(result, metric_names)
+        status = _status(history, error, config.train.max_epochs)
+        params = dict(result.config or {})
+        trials.append(trial_id)
+        base = {"trial_id": trial_id, "status": status, "error": error}
+        cfg = {f"config/{k}": (v if isinstance(v, (int, float, str, bool)) or v is None else json.dumps(v))
+               for k, v in params.items()}
+        if not history:
+            rows.append({**base, "epoch": 0, **cfg})
+        for row in history:
+            rows.append({**base, **{k: row.get(k) for k in row}, **cfg})
+            value = row.get(metric)
+            if row.get("diverged") or value is None or not math.isfinite(value):
+                continue
+            if best is None or _better(value, best["value"], mode):
+                best = {"value": value, "trial_id": trial_id, "epoch": int(row["epoch"]), "params": params,
+                        "metrics": {k: row[k] for k in row if k in metric_names or k == "epoch"},
+                        "checkpoint": _best_checkpoint(result, metric, mode), "status": status}
+    if not rows:
+        raise ResultsError(f"the run in {run_dir!r} produced no trials")
+    columns = ["trial_id", "epoch", "status", *metric_names,
+               *[c for c in METRIC_COLUMNS if c not in ("epoch",)], "error"]
+    config_cols = sorted({k for r in rows for k in r if k.startswith("config/")})
+    table = {c: [r.get(c) for r in rows] for c in [*dict.fromkeys(columns), *config_cols]}
+    tmp = os.path.join(run_dir, "results.parquet.tmp")
+    pq.write_table(pa.table({k: _column(v) for k, v in table.items()}), tmp)
+    os.replace(tmp, os.path.join(run_dir, "results.parquet"))
+    summary: dict[str, Any] = {
+        "metric": metric, "mode": mode, "trials": len(trials),
+        "status_counts": {s: sum(1 for r in _last_rows(rows) if r["status"] == s)
+                          for s in sorted({r["status"] for r in rows})},
+        "n_features": data.n_features, "n_outputs": data.n_outputs, "classes": data.classes,
+    }
+    if best is not None:
+        summary.update({"trial_id": best["trial_id"], "epoch": best["epoch"], "status": best["status"],
+                        "value": best["value"], "params": best["params"], "metrics": best["metrics"],
+                        "checkpoint": best["checkpoint"]})
+        if data.X_test is not None and best["checkpoint"]:
+            summary["test_metrics"] = _score_test(config, data, best)
+    Path(run_dir, "best.json").write_text(json.dumps(_jsonable(summary), indent=2))
+
+
+def _column(values: list) -> Any:
+    import pyarrow as pa
+
+    kinds = {type(v) for v in values if v is not None}
+    if kinds and kinds <= {int, float, bool, np.float64, np.int64}:
+        if kinds <= {int, np.int64, bool} and float not in kinds:
+            return pa.array([None if v is None else int(v) for v in values], type=pa.int64())
+        return pa.array([None if v is None else float(v) for v in values], type=pa.float64())
+    return pa.array([None if v is None else str(v) for v in values], type=pa.string())
+
+
+def _last_rows(rows: list[dict]) -> list[dict]:
+    last: dict[str, dict] = {}
+    for r in rows:
+        last[r["trial_id"]] = r
+    return list(last.values())
+
+
+def _best_checkpoint(result: Any, metric: str, mode: str) -> str | None:
+    candidates = [(c, m) for c, m in (result.best_checkpoints or []) if m.get(metric) is not None]
+    candidates = [(c, m) for c, m in candidates if math.isfinite(m[metric])]
+    if candidates:
+        pick = min(candidates, key=lambda cm: cm[1][metric]) if mode == "min" else \
+            max(candidates, key=lambda cm: cm[1][metric])
+        return pick[0].path
+    return result.checkpoint.path if result.checkpoint is not None else None
+
+
+def _score_test(config: Any, data: Any, best: dict) -> dict[str, float]:
+    import torch
+
+    from .checkpoint import load_model_state, load_state
+    from .data import as_tensors, iterate_batches
+    from .loop import evaluate
+    from .trainable import build_components
+
+    device = torch.device("cpu")
+    model, _, loss_fn, _ = build_components(config, best["params"], data.n_features, data.n_outputs, device)
+    load_model_state(model, load_state(best["checkpoint"]), best["checkpoint"])
+    X, y = as_tensors(data.X_test, data.y_test)
+    scores = evaluate(model, iterate_batches(X, y, 1024, shuffle=False), loss_fn, device, config.task,
+                      config.train.metrics)
+    return {f"test_{k}": v for k, v in scores.items()}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating, float)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, (str, int, bool)) or value is None:
+        return value
+    return str(value)
+
+
+class TuneResult:
+    """The results of a run directory: best trial, per-epoch table, and the best trained model."""
+
+    def __init__(self, run_dir: str | os.PathLike) -> None:
+        self.run_dir = str(run_dir)
+        path = Path(self.run_dir)
+        if not path.is_dir():
+            raise ResultsError(f"run directory {self.run_dir!r} does not exist; give STORAGE/NAME of a run")
+        missing = [f for f in ("best.json", "results.parquet", "experiment.yaml") if not (path / f).is_file()]
+        if missing:
+            raise ResultsError(
+                f"{self.run_dir!r} is not a finished raytune_torch run (missing {', '.join(missing)}); "
+                f"an interrupted run has no results yet")
+        try:
+            self.best = json.loads((path / "best.json").read_text())
+        except json.JSONDecodeError as exc:
+            raise ResultsError(f"{str(path / 'best.json')!r} is corrupted: {exc}") from None
+        self.metric: str = self.best["metric"]
+        self.mode: str = self.best["mode"]
+
+    # -- the best trial ----------------------------------------------------------------------------
+    def _need_best(self) -> None:
+        if "trial_id" not in self.best:
+            raise ResultsError(f"no trial of {self.run_dir!r} reported a finite {self.metric}; see the table for errors")
+
+    @property
+    def best_trial_id(self) -> str:
+        self._need_best()
+        return self.best["trial_id"]
+
+    @property
+    def best_config(self) -> dict[str, Any]:
+        self._need_best()
+        return dict(self.best["params"])
+
+    @property
+    def best_metrics(self) -> dict[str, Any]:
+        self._need_best()
+        return {**self.best["metrics"], **self.best.get("test_metrics", {})}
+
+    @property
+    def best_checkpoint(self) -> str | None:
+        self._need_best()
+        return self.best.get("checkpoint")
+
+    # -- tables ------------------------------------------------------------------------------------
+    @property
+    def table(self):
+        """Every trial and epoch as a pandas DataFrame."""
+        import pyarrow.parquet as pq
+
+        return pq.read_table(os.path.join(self.run_dir, "results.parquet")).to_pandas()
+
+    def trials(self):
+        """One row per trial: its best epoch by the metric, status, epochs run, parameters."""
+        df = self.table
+        out = []
+        for trial_id, group in df.groupby("trial_id", sort=False):
+            finite = group[np.isfinite(group[self.metric].astype(float))] if self.metric in group else group.iloc[0:0]
+            finite = finite[finite.get("diverged", 0).fillna(0) == 0] if "diverged" in finite else finite
+            if len(finite):
+                idx = finite[self.metric].idxmin() if self.mode == "min" else finite[self.metric].idxmax()
+                row = finite.loc[idx].to_dict()
+            else:
+                row = group.iloc[-1].to_dict()
+            row["epochs"] = int(group["epoch"].max())
+            row["status"] = group["status"].iloc[-1]
+            out.append(row)
+        import pandas as pd
+
+        trials = pd.DataFrame(out)
+        trials = trials.sort_values(self.metric, ascending=self.mode == "min", na_position="last")
+        return trials.reset_index(drop=True)
+
+    def top(self, k: int = 5):
+        """The ``k`` best trials (see :meth:`trials`)."""
+        return self.trials().head(k)
+
+    def summary(self, elapsed: float | None = None) -> str:
+        counts = ", ".join(f"{v} {k}" for k, v in self.best.get("status_counts", {}).items())
+        took = f" in {elapsed:.1f}s" if elapsed is not None else ""
+        lines = [f"raytune-torch: {self.best.get('trials', 0)} trial(s){took} ({counts}); results in {self.run_dir}"]
+        if "trial_id" in self.best:
+            m = self.best["metrics"]
+            lines.append(f"best trial {self.best['trial_id']} at epoch {self.best['epoch']}: "
+                         f"{self.metric}={m.get(self.metric):.4g}  params={self.best['params']}")
+            if self.best.get("test_metrics"):
+                lines.append("held-out test: " + ", ".join(f"{k}={v:.4g}" for k, v in self.best["test_metrics"].items()
+                                                           if v is not None))
+        else:
+            lines.append(f"no trial reported a finite {self.metric}")
+        return "\n".join(lines)
+
+    # -- the model ---------------------------------------------------------------------------------
+    def load_model(self, device: str = "cpu"):
+        """The best trial's trained model (from its best checkpoint by the metric), in eval mode."""
+        import torch
+
+        from .checkpoint import load_model_state, load_state
+        from .components import build_model
+        from .config import load_config
+
+        self._need_best()
+        if not self.best.get("checkpoint"):
+            raise ResultsError(f"the best trial {self.best_trial_id} of {self.run_dir!r} has no checkpoint")
+        config = load_config(os.path.join(self.run_dir, "experiment.yaml"))
+        model = build_model(config.model.name, config.model.args, self.best["params"],
+                            in_features=self.best["n_features"], out_features=self.best["n_outputs"],
+                            import_paths=config.import_paths)
+        state = load_state(self.best["checkpoint"], map_location=device)
+        load_model_state(model, state, self.best["checkpoint"])
+        return model.to(torch.device(device)).eval()

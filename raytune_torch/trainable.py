@@ -1,0 +1,318 @@
+"""One trial: build, restore, train epoch by epoch, report, checkpoint.
+
+The trial talks to a small :class:`Reporter` protocol instead of Ray, so it runs (and is tested)
+without Ray; ``_ray.RayReporter`` is the Ray implementation.
+
+Bring your own code at two depths:
+
+* ``train.step: pkg.mod:step`` — ``step(ctx, xb, yb) -> loss`` replaces the per-batch step
+  (``ctx`` is a :class:`~raytune_torch.loop.StepContext`: model, optimizer, loss_fn, device).
+* ``train.loop: pkg.mod:loop`` — ``loop(trial)`` replaces the whole loop; ``trial`` is a
+  :class:`Trial`. Iterate ``trial.epochs()``, train as you like on ``trial.train_batches()``,
+  and call ``trial.end_epoch(train_loss)`` once per epoch: it evaluates, reports, checkpoints,
+  and returns True when early stopping says to stop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from . import checkpoint as ckpt
+from . import components as comp
+from .data import Splits, as_tensors, iterate_batches
+from .loop import StepContext, default_step, evaluate, train_epoch
+
+__all__ = ["Reporter", "Trial", "run_trial", "derive_seed", "build_components", "preflight"]
+
+
+class Reporter(Protocol):
+    """Where a trial sends its per-epoch metrics and checkpoints."""
+
+    trial_id: str
+    trial_index: int
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None: ...
+
+    def checkpoint_dir(self) -> contextlib.AbstractContextManager[str | None]:
+        """A local directory holding the checkpoint to resume from (None to start fresh)."""
+
+
+def derive_seed(seed: int, trial_index: int, params: dict[str, Any]) -> int:
+    """A trial's seed: a hash of the experiment seed, the trial's index and its parameters."""
+    text = json.dumps({"seed": seed, "index": trial_index, "params": params}, sort_keys=True, default=str)
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little") & 0x7FFFFFFF
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def pick_device(gpu_share: float) -> torch.device:
+    """CUDA when the trial was given a GPU share and CUDA is usable here, else CPU."""
+    if gpu_share > 0 and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def build_components(config: Any, params: dict[str, Any], n_features: int, n_outputs: int,
+                     device: torch.device):
+    """Model (on ``device``), optimizer, loss and LR scheduler for one trial's parameters."""
+    paths = config.import_paths
+    model = comp.build_model(config.model.name, config.model.args, params, in_features=n_features,
+                             out_features=n_outputs, import_paths=paths).to(device)
+    optimizer = comp.build_optimizer(config.optimizer.name, config.optimizer.args, params, model, import_paths=paths)
+    loss_cfg = config.loss
+    loss_fn = comp.build_loss(loss_cfg.name if loss_cfg else None, loss_cfg.args if loss_cfg else {}, params,
+                              config.task, import_paths=paths).to(device)
+    sched_cfg = config.lr_scheduler
+    lr_scheduler = comp.build_lr_scheduler(sched_cfg.name if sched_cfg else None, sched_cfg.args if sched_cfg else {},
+                                           params, optimizer, import_paths=paths)
+    return model, optimizer, loss_fn, lr_scheduler
+
+
+class Trial:
+    """The running trial, as a custom ``train.loop`` sees it."""
+
+    def __init__(self, config: Any, params: dict[str, Any], data: Splits, reporter: Reporter, *,
+                 cpus: float = 1.0, gpu_share: float = 0.0) -> None:
+        self.config = config
+        self.params = dict(params)
+        self.reporter = reporter
+        self.task = config.task
+        self.metric = config.search.metric
+        self.mode = config.search.mode
+        self.max_epochs = config.train.max_epochs
+        self.batch_size = int(params.get("batch_size", config.train.batch_size))
+        self.device = pick_device(gpu_share)
+        self.seed = derive_seed(config.seed, reporter.trial_index, self.params)
+        self.shuffle = seed_everything(self.seed)
+        self.model, self.optimizer, self.loss_fn, self.lr_scheduler = build_components(
+            config, self.params, data.n_features, data.n_outputs, self.device)
+        self.step_ctx = StepContext(self.model, self.optimizer, self.loss_fn, self.device)
+        X_tr, y_tr, X_va, y_va = as_tensors(data.X_train, data.y_train, data.X_val, data.y_val)
+        if self.device.type != "cpu":
+            X_tr, y_tr, X_va, y_va = (t.to(self.device) for t in (X_tr, y_tr, X_va, y_va))
+        self._train, self._val = (X_tr, y_tr), (X_va, y_va)
+        self.n_train = len(X_tr)
+        self.epoch = 0  # epochs completed
+        self.best: float | None = None
+        self.bad_epochs = 0
+        self.stopped_early = False
+        self._epoch_start = time.perf_counter()
+        self._restore()
+
+    # -- state ------------------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {
+            "format": ckpt.FORMAT,
+            "epoch": self.epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "lr_scheduler": self.lr_scheduler.state_dict() if self.lr_scheduler is not None else None,
+            "scaler": None,
+            "early_stopping": {"best": self.best, "bad_epochs": self.bad_epochs},
+            "rng": ckpt.capture_rng(self.shuffle),
+            "params": self.params,
+            "trial_seed": self.seed,
+        }
+
+    def _restore(self) -> None:
+        with self.reporter.checkpoint_dir() as directory:
+            if directory is None:
+                return
+            state = ckpt.load_state(directory, map_location=self.device)
+        ckpt.load_model_state(self.model, state, str(directory))
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.lr_scheduler is not None and state["lr_scheduler"] is not None:
+            self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        self.epoch = int(state["epoch"])
+        self.best = state["early_stopping"]["best"]
+        self.bad_epochs = int(state["early_stopping"]["bad_epochs"])
+        ckpt.restore_rng(state["rng"], self.shuffle)
+
+    # -- what a loop uses -------------------------------------------------------------------------
+    def epochs(self) -> Iterator[int]:
+        """Epoch numbers still to run (1-based), resuming after the checkpointed one."""
+        while self.epoch < self.max_epochs and not self.stopped_early:
+            self._epoch_start = time.perf_counter()
+            yield self.epoch + 1
+
+    def train_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        X, y = self._train
+        return iterate_batches(X, y, self.batch_size, shuffle=True, generator=self.shuffle)
+
+    def val_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        X, y = self._val
+        return iterate_batches(X, y, max(self.batch_size, 1024), shuffle=False)
+
+    def evaluate(self) -> dict[str, float]:
+        return evaluate(self.model, self.val_batches(), self.loss_fn, self.device, self.task,
+                        self.config.train.metrics)
+
+    def _improved(self, value: float) -> bool:
+        if self.best is None:
+            return True
+        delta = self.config.train.early_stopping_min_delta
+        return value < self.best - delta if self.mode == "min" else value > self.best + delta
+
+    def end_epoch(self, train_loss: float) -> bool:
+        """Evaluate, step the LR scheduler, report and checkpoint. Returns True to stop."""
+        self.epoch += 1
+        diverged = not math.isfinite(train_loss)
+        val = self.evaluate() if not diverged else {"loss": float("nan")}
+        if not diverged and not math.isfinite(val["loss"]):
+            diverged = True
+        metrics: dict[str, Any] = {
+            "epoch": self.epoch,
+            "train_loss": float(train_loss),
+            "val_loss": float(val.pop("loss")),
+            **{f"val_{k}": v for k, v in val.items()},
+        }
+        for name in self.config.train.metrics:
+            metrics.setdefault(f"val_{name}", float("nan"))
+        metrics["lr"] = float(self.optimizer.param_groups[0]["lr"])
+        if self.lr_scheduler is not None and not diverged:
+            if isinstance(self.lr_scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                self.lr_scheduler.step(metrics["val_loss"])
+            else:
+                self.lr_scheduler.step()
+        elapsed = time.perf_counter() - self._epoch_start
+        metrics["epoch_time_s"] = elapsed
+        metrics["samples_per_s"] = self.n_train / elapsed if elapsed > 0 else float("nan")
+        metrics["trial_seed"] = self.seed
+        metrics["diverged"] = int(diverged)
+        patience = self.config.train.early_stopping_patience
+        if not diverged:
+            value = metrics.get(self.metric)
+            if value is not None and math.isfinite(value) and self._improved(value):
+                self.best, self.bad_epochs = float(value), 0
+            else:
+                self.bad_epochs += 1
+            if patience is not None and self.bad_epochs >= patience:
+                self.stopped_early = True
+        metrics["early_stopped"] = int(self.stopped_early)
+        stop = diverged or self.stopped_early
+        due = stop or self.epoch >= self.max_epochs or self.epoch % self.config.checkpoint.every == 0
+        if due and not diverged:
+            directory = tempfile.mkdtemp(prefix="rtt-ckpt-")
+            try:
+                ckpt.save_state(directory, self.state())
+                self.reporter.report(metrics, directory)
+            finally:
+                shutil.rmtree(directory, ignore_errors=True)
+        else:
+            self.reporter.report(metrics, None)
+        return stop
+
+
+def default_loop(trial: Trial) -> None:
+    step = default_step
+    if trial.config.train.step is not None:
+        step = comp.resolve(trial.config.train.step, what="train.step", import_paths=trial.config.import_paths)
+    for _ in trial.epochs():
+        loss = train_epoch(trial.step_ctx, trial.train_batches(), step)
+        if trial.end_epoch(loss):
+            break
+
+
+def run_trial(params: dict[str, Any], config: Any, data: Splits, reporter: Reporter, *,
+              cpus: float = 1.0, gpu_share: float = 0.0) -> Trial:
+    """Run one trial to its end (max epochs, early stop or divergence). Returns the finished Trial."""
+    torch.set_num_threads(max(1, int(cpus)))
+    trial = Trial(config, params, data, reporter, cpus=cpus, gpu_share=gpu_share)
+    loop: Callable[[Trial], Any] = default_loop
+    if config.train.loop is not None:
+        loop = comp.resolve(config.train.loop, what="train.loop", import_paths=config.import_paths)
+    loop(trial)
+    return trial
+
+
+class _NullReporter:
+    trial_id = "preflight"
+    trial_index = 0
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
+        pass
+
+    @contextlib.contextmanager
+    def checkpoint_dir(self):
+        yield None
+
+
+def preflight(config: Any, data: Splits, params: dict[str, Any]) -> None:
+    """Build the components and run one training batch and one evaluation in this process.
+
+    Raises :class:`~raytune_torch.exceptions.PreflightError` naming the cause (a broken import, a
+    model that does not fit the data's shape, a loss that does not fit the labels) before any
+    trial starts.
+    """
+    from .exceptions import PreflightError
+
+    try:
+        trial = Trial(config, params, data, _NullReporter())
+    except PreflightError:
+        raise
+    except Exception as exc:
+        raise PreflightError(f"building the trial's components failed with parameters {params}: "
+                             f"{type(exc).__name__}: {exc}") from exc
+    X, y = trial._train
+    xb, yb = X[: min(len(X), trial.batch_size)], y[: min(len(X), trial.batch_size)]
+    model_name = comp.describe(config.model.name)
+    try:
+        out = trial.model(xb)
+    except Exception as exc:
+        raise PreflightError(
+            f"the model {model_name} failed on a batch of features of shape {tuple(xb.shape)} "
+            f"({data.n_features} features per row): {type(exc).__name__}: {exc}. Make the model's input "
+            f"size match the data (a constructor argument `in_features` is filled in for you)") from exc
+    if not isinstance(out, torch.Tensor):
+        raise PreflightError(f"the model {model_name} returned {type(out).__name__}, not a tensor")
+    if config.task == "classification":
+        n_classes = data.n_outputs
+        if out.ndim != 2 or out.shape[1] != n_classes:
+            raise PreflightError(
+                f"the model {model_name} outputs shape {tuple(out.shape)} for a batch of {len(xb)}, but the labels "
+                f"hold {n_classes} classes: a classifier must output ({len(xb)}, {n_classes}) logits. Set its "
+                f"output size to {n_classes} (a constructor argument `out_features` is filled in for you)")
+    elif out.shape != yb.shape:
+        raise PreflightError(
+            f"the model {model_name} outputs shape {tuple(out.shape)} but the targets have shape "
+            f"{tuple(yb.shape)}; make the output match the targets (a loss would broadcast them silently)")
+    try:
+        trial.optimizer.zero_grad()
+        loss = trial.loss_fn(out, yb)
+        loss.backward()
+    except Exception as exc:
+        raise PreflightError(
+            f"the loss {type(trial.loss_fn).__name__} does not fit the model output {tuple(out.shape)} and the "
+            f"labels {tuple(yb.shape)} ({yb.dtype}): {type(exc).__name__}: {exc}. Pick a loss for the task "
+            f"({config.task}) and labels") from exc
+    if config.train.step is not None:
+        step = comp.resolve(config.train.step, what="train.step", import_paths=config.import_paths)
+        try:
+            float(step(trial.step_ctx, xb, yb))
+        except Exception as exc:
+            raise PreflightError(f"train.step {comp.describe(config.train.step)} failed on one batch: "
+                                 f"{type(exc).__name__}: {exc}") from exc
+    if config.train.loop is not None:
+        comp.resolve(config.train.loop, what="train.loop", import_paths=config.import_paths)
+    try:
+        trial.evaluate()
+    except Exception as exc:
+        raise PreflightError(f"evaluating the model on the validation split failed: {type(exc).__name__}: {exc}") from exc

@@ -1,0 +1,105 @@
+"""``run(config) -> TuneResult``: validate, load data once, preflight, tune on Ray, write results."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import space as sp
+from .config import ExperimentConfig, config_to_dict, load_config
+from .data import Splits, load_splits
+from .exceptions import ConfigError, PreflightError
+
+__all__ = ["run", "prepare"]
+
+
+def _echo(text: str, quiet: bool) -> None:
+    if not quiet:
+        print(text, flush=True)
+
+
+def prepare(source: Any, **overrides: Any) -> tuple[ExperimentConfig, Splits]:
+    """Validate the experiment, load and split its data, and run the preflight batch.
+
+    Everything here happens before Ray starts, so bad input fails in seconds.
+    """
+    config = load_config(source, **overrides)
+    for path in config.import_paths:
+        if path not in sys.path:
+            sys.path.append(path)
+    data = load_splits(config.data, config.task, config.seed, import_paths=config.import_paths)
+    from .trainable import preflight
+
+    preflight(config, data, sp.representative_point(config.space))
+    return config, data
+
+
+def _serializable(raw: Any) -> Any:
+    from .components import describe
+
+    if isinstance(raw, dict):
+        return {k: _serializable(v) for k, v in raw.items()}
+    if isinstance(raw, (list, tuple)):
+        return [_serializable(v) for v in raw]
+    if callable(raw):
+        return describe(raw)
+    return raw
+
+
+def run(source: str | os.PathLike | dict | ExperimentConfig, *, address: str | None = None,
+        quiet: bool = False, **overrides: Any):
+    """Tune the experiment and return its :class:`~raytune_torch.results.TuneResult`.
+
+    Args:
+        source: an experiment file, a dict of the same shape, or an :class:`ExperimentConfig`.
+        address: join this Ray cluster ("auto", "host:port") instead of starting a private local
+            instance (the default; it listens on 127.0.0.1 only). A Ray instance already started
+            in this process is used as it is.
+        quiet: print nothing but errors.
+        overrides: ``search``, ``scheduler``, ``num_samples``, ``max_epochs``, ``storage``, ``name``,
+            ``seed``, ``cpus_per_trial``, ``gpus_per_trial``, ``max_concurrent``, ``metric``, ``mode``.
+
+    Raises:
+        ConfigError: the experiment is invalid (every problem listed); nothing was started.
+        PreflightError: one batch in the driver failed (the cause is named); nothing was started.
+        ResourceError: no node can run one trial.
+    """
+    from . import _ray
+    from .results import TuneResult, write_results
+
+    started = time.monotonic()
+    config, data = prepare(source, **overrides)
+    _, num_trials, note = _ray.build_search(config)  # fails early when a searcher is missing
+    storage = os.path.abspath(config.storage)
+    run_dir = os.path.join(storage, config.name)
+    os.makedirs(run_dir, exist_ok=True)
+    saved = _serializable(config_to_dict(config))
+    saved["storage"] = storage
+    Path(run_dir, "experiment.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    _echo(f"raytune-torch: {config.name}: {num_trials} trial(s), search={config.search.algorithm}, "
+          f"scheduler={config.scheduler.name}, metric={config.search.metric} ({config.search.mode}), "
+          f"{config.train.max_epochs} epoch(s) max; data: {data.describe()}", quiet)
+    if note:
+        _echo(f"raytune-torch: {note}", quiet)
+    owned = _ray.connect(address) if address else _ray.start_local()
+    try:
+        cluster = _ray.check_resources(config.resources.cpu, config.resources.gpu, config.search.max_concurrent)
+        _echo(f"raytune-torch: Ray with {cluster['cpus']:g} CPU(s), {cluster['gpus']:g} GPU(s) on "
+              f"{cluster['nodes']} node(s); each trial {{cpu: {config.resources.cpu:g}, gpu: {config.resources.gpu:g}}}",
+              quiet)
+        callbacks = [] if quiet else [_ray.ConsoleCallback(config.search.metric, num_trials)]
+        grid = _ray.run_tuner(config, data, run_dir_parent=storage, callbacks=callbacks)
+        write_results(run_dir, config, data, grid)
+    finally:
+        if owned:
+            _ray.shutdown()
+    result = TuneResult(run_dir)
+    _echo(result.summary(elapsed=time.monotonic() - started), quiet)
+    return result
