@@ -14,6 +14,7 @@ import random
 import sys
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 # Quiet, single-status console output (read by Tune when a run starts).
@@ -160,8 +161,18 @@ def param_space(space: Mapping[str, Any], algorithm: str) -> dict[str, Any]:
     return out
 
 
-def build_search(config: Any) -> tuple[Any, int, str | None]:
-    """The search algorithm, the number of trials, and a note for the console (or None)."""
+@dataclass
+class SearchPlan:
+    """A search algorithm, Tune's ``num_samples`` for it, the trials it will run, and a note."""
+
+    search_alg: Any
+    num_samples: int
+    total: int
+    note: str | None = None
+
+
+def build_search(config: Any) -> SearchPlan:
+    """The search algorithm for the experiment's searcher and space."""
     search = config.search
     space = config.space
     algorithm = search.algorithm
@@ -173,13 +184,16 @@ def build_search(config: Any) -> tuple[Any, int, str | None]:
         # (e.g. ascending learning rate) defeats it.
         random.Random(config.seed).shuffle(points)
         points = points * search.num_samples
-        return BasicVariantGenerator(points_to_evaluate=points, random_state=config.seed), len(points), None
+        alg = BasicVariantGenerator(points_to_evaluate=points, random_state=config.seed,
+                                    max_concurrent=search.max_concurrent or 0)
+        return SearchPlan(alg, len(points), len(points))
     if algorithm == "random":
         from ray.tune.search.basic_variant import BasicVariantGenerator
 
         grid = max(1, len(sp.grid_points(space, "random")))
-        return BasicVariantGenerator(random_state=config.seed), search.num_samples, (
-            f"{grid} grid point(s) x {search.num_samples} sample(s)" if grid > 1 else None)
+        alg = BasicVariantGenerator(random_state=config.seed, max_concurrent=search.max_concurrent or 0)
+        note = f"{grid} grid point(s) x {search.num_samples} sample(s)" if grid > 1 else None
+        return SearchPlan(alg, search.num_samples, grid * search.num_samples, note)
     if algorithm == "optuna":
         try:
             import optuna
@@ -192,16 +206,17 @@ def build_search(config: Any) -> tuple[Any, int, str | None]:
             grid = {k: list(v.values) for k, v in searched.items()}
             n = len(sp.grid_points(space, "optuna"))
             sampler = optuna.samplers.GridSampler(grid, seed=config.seed)
-            return OptunaSearch(sampler=sampler, seed=config.seed), n, f"an all-grid space runs as Optuna's GridSampler: {n} trials"
+            return SearchPlan(OptunaSearch(sampler=sampler, seed=config.seed), n, n,
+                              f"an all-grid space runs as Optuna's GridSampler: {n} trials")
         sampler = optuna.samplers.TPESampler(seed=config.seed)
-        return OptunaSearch(sampler=sampler), search.num_samples, None
+        return SearchPlan(OptunaSearch(sampler=sampler), search.num_samples, search.num_samples)
     if algorithm == "hyperopt":
         try:
             from ray.tune.search.hyperopt import HyperOptSearch
             import hyperopt  # noqa: F401
         except ImportError:
             raise ConfigError(["search: hyperopt is not installed; pip install 'raytune-torch[hyperopt]'"]) from None
-        return HyperOptSearch(random_state_seed=config.seed), search.num_samples, None
+        return SearchPlan(HyperOptSearch(random_state_seed=config.seed), search.num_samples, search.num_samples)
     raise ConfigError([f"search.algorithm: unknown searcher {algorithm!r}"])
 
 
@@ -310,15 +325,16 @@ def _fmt(value: Any) -> str:
 
 def run_tuner(config: Any, data: Any, *, run_dir_parent: str, callbacks: list) -> Any:
     """Build and fit the Tuner; returns Ray's ResultGrid."""
-    search_alg, num_samples, _ = build_search(config)
+    plan = build_search(config)
     scheduler = build_scheduler(config)
     tune_config = tune.TuneConfig(
         metric=config.search.metric,
         mode=config.search.mode,
-        search_alg=search_alg,
+        search_alg=plan.search_alg,
         scheduler=scheduler,
-        num_samples=num_samples,
-        max_concurrent_trials=config.search.max_concurrent,
+        num_samples=plan.num_samples,
+        # The variant generator limits concurrency itself; Ray wraps model-based searchers.
+        max_concurrent_trials=None if config.search.algorithm in ("grid", "random") else config.search.max_concurrent,
         reuse_actors=True,
         trial_dirname_creator=trial_dirname,
     )

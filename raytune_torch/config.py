@@ -434,7 +434,7 @@ def _check_param_names(space: Mapping[str, Any], problems: list[str]) -> None:
                 hint = f"; did you mean {prefix + name[len(single):].lstrip('_')!r}?"
                 break
         if not hint:
-            hint = _suggest(name, list(PLAIN_PARAMS))
+            hint = _suggest(name, list(PLAIN_PARAMS)) or "."
         problems.append(
             f"space.{name}: unknown trial parameter{hint} A trial parameter is one of "
             f"{', '.join(targets)}"
@@ -480,6 +480,11 @@ def _parse(raw: Mapping, source: str | None) -> ExperimentConfig:
     if search.algorithm in sp.SEARCHERS:
         problems.extend(sp.check_searcher(space, search.algorithm))
     scheduler = _parse_scheduler(raw, train.max_epochs, problems)
+    if scheduler.name == "hyperband" and search.max_concurrent is not None:
+        problems.append(
+            "search.max_concurrent: hyperband assigns trials to its brackets as they are created, and a "
+            "concurrency limit starves the brackets (no trial is ever halved); remove max_concurrent "
+            "(per-trial resources already bound how many run at once) or use scheduler: asha")
     res = _section(raw, "resources", problems)
     _unknown("resources", res, ["cpu", "gpu"], problems)
     cpu = _typed("resources.cpu", res.get("cpu", 1), float, problems, minimum=0.0, exclusive_min=True)

@@ -99,7 +99,9 @@ def write_results(run_dir: str, config: Any, data: Any, grid: Any) -> None:
         "metric": metric, "mode": mode, "trials": len(trials),
         "status_counts": {s: sum(1 for r in _last_rows(rows) if r["status"] == s)
                           for s in sorted({r["status"] for r in rows})},
-        "n_features": data.n_features, "n_outputs": data.n_outputs, "classes": data.classes,
+        "task": config.task, "n_features": data.n_features, "n_outputs": data.n_outputs, "classes": data.classes,
+        "feature_mean": None if data.feature_mean is None else data.feature_mean.tolist(),
+        "feature_std": None if data.feature_std is None else data.feature_std.tolist(),
     }
     if best is not None:
         summary.update({"trial_id": best["trial_id"], "epoch": best["epoch"], "status": best["status"],
@@ -281,3 +283,24 @@ class TuneResult:
         state = load_state(self.best["checkpoint"], map_location=device)
         load_model_state(model, state, self.best["checkpoint"])
         return model.to(torch.device(device)).eval()
+
+    def transform(self, X: Any) -> np.ndarray:
+        """Features prepared as the trials saw them (float32; standardized with the train split's
+        statistics when the experiment set ``data.standardize``)."""
+        X = np.asarray(X, dtype=np.float32)
+        if self.best.get("feature_mean") is not None:
+            X = (X - np.asarray(self.best["feature_mean"], dtype=np.float32)) / np.asarray(
+                self.best["feature_std"], dtype=np.float32)
+        return X
+
+    def predict(self, X: Any, model: Any = None) -> np.ndarray:
+        """Predictions of the best model for raw features ``X``: class labels (classification,
+        in the data's own labels) or target values (regression)."""
+        import torch
+
+        model = model if model is not None else self.load_model()
+        with torch.no_grad():
+            out = model(torch.from_numpy(self.transform(X))).numpy()
+        if self.best.get("task") == "classification":
+            return np.asarray(self.best["classes"])[out.argmax(axis=1)]
+        return out[:, 0] if out.ndim == 2 and out.shape[1] == 1 else out

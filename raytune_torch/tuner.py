@@ -76,25 +76,25 @@ def run(source: str | os.PathLike | dict | ExperimentConfig, *, address: str | N
 
     started = time.monotonic()
     config, data = prepare(source, **overrides)
-    _, num_trials, note = _ray.build_search(config)  # fails early when a searcher is missing
+    plan = _ray.build_search(config)  # fails early when a searcher is not installed
     storage = os.path.abspath(config.storage)
     run_dir = os.path.join(storage, config.name)
     os.makedirs(run_dir, exist_ok=True)
     saved = _serializable(config_to_dict(config))
     saved["storage"] = storage
     Path(run_dir, "experiment.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
-    _echo(f"raytune-torch: {config.name}: {num_trials} trial(s), search={config.search.algorithm}, "
+    _echo(f"raytune-torch: {config.name}: {plan.total} trial(s), search={config.search.algorithm}, "
           f"scheduler={config.scheduler.name}, metric={config.search.metric} ({config.search.mode}), "
           f"{config.train.max_epochs} epoch(s) max; data: {data.describe()}", quiet)
-    if note:
-        _echo(f"raytune-torch: {note}", quiet)
+    if plan.note:
+        _echo(f"raytune-torch: {plan.note}", quiet)
     owned = _ray.connect(address) if address else _ray.start_local()
     try:
         cluster = _ray.check_resources(config.resources.cpu, config.resources.gpu, config.search.max_concurrent)
         _echo(f"raytune-torch: Ray with {cluster['cpus']:g} CPU(s), {cluster['gpus']:g} GPU(s) on "
               f"{cluster['nodes']} node(s); each trial {{cpu: {config.resources.cpu:g}, gpu: {config.resources.gpu:g}}}",
               quiet)
-        callbacks = [] if quiet else [_ray.ConsoleCallback(config.search.metric, num_trials)]
+        callbacks = [] if quiet else [_ray.ConsoleCallback(config.search.metric, plan.total)]
         grid = _ray.run_tuner(config, data, run_dir_parent=storage, callbacks=callbacks)
         write_results(run_dir, config, data, grid)
     finally:

@@ -1,0 +1,236 @@
+"""End to end on a real local Ray instance: searchers, schedulers, results, load_model, bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+import raytune_torch as rt
+
+pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("ray_session")]
+
+
+def _trials(result: rt.TuneResult):
+    return result.table.groupby("trial_id")
+
+
+def test_grid_search_writes_results_table_and_best(experiment):
+    result = rt.run(experiment, quiet=True)
+    table = pq.read_table(f"{result.run_dir}/results.parquet").to_pandas()
+    for column in ("trial_id", "epoch", "train_loss", "val_loss", "val_accuracy", "status",
+                   "config/optimizer__lr", "trial_seed"):
+        assert column in table.columns, column
+    assert table["trial_id"].nunique() == 2
+    assert sorted(table["config/optimizer__lr"].unique()) == [0.003, 0.03]
+    assert table.groupby("trial_id")["epoch"].apply(list).map(lambda e: e == [1, 2]).all()
+    best = json.loads(open(f"{result.run_dir}/best.json").read())
+    best_row = table[table["val_accuracy"] == table["val_accuracy"].max()].iloc[0]
+    assert best["trial_id"] == best_row["trial_id"]
+    assert result.best_metrics["val_accuracy"] == pytest.approx(best_row["val_accuracy"])
+    assert result.best_config == {"optimizer__lr": best_row["config/optimizer__lr"]}
+    assert best["checkpoint"] and best["status_counts"] == {"completed": 2}
+
+
+def test_load_model_returns_best_trained_model_in_eval_mode(experiment):
+    experiment["data"]["test_fraction"] = 0.2
+    result = rt.run(experiment, quiet=True)
+    model = result.load_model()
+    assert not model.training
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    accuracy = float((result.predict(X, model=model) == y).mean())
+    assert accuracy > 0.85  # two epochs of a small MLP on digits
+    assert set(result.best_metrics) >= {"test_loss", "test_accuracy"}
+    # The best checkpoint by the metric holds the model of the best epoch: re-evaluate it.
+    Xv = torch.from_numpy(result.transform(X))
+    with torch.no_grad():
+        assert model(Xv).shape == (len(X), 10)
+
+
+def test_random_search_crosses_grid_with_samples(experiment):
+    experiment["space"] = {"optimizer__lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
+                           "module__hidden": {"type": "grid", "values": [8, 16]}}
+    experiment["search"] = {"algorithm": "random", "num_samples": 2, "metric": "val_loss"}
+    experiment["train"]["max_epochs"] = 1
+    result = rt.run(experiment, quiet=True)
+    trials = result.trials()
+    assert len(trials) == 4  # 2 grid points x 2 samples
+    assert sorted(trials["config/module__hidden"].tolist()) == [8, 8, 16, 16]
+    assert trials["config/optimizer__lr"].between(1e-3, 1e-2).all()
+
+
+def test_optuna_tpe_samples_the_space(experiment):
+    experiment["space"] = {"optimizer__lr": {"type": "float", "low": 1e-3, "high": 3e-2, "log": True},
+                           "module__hidden": {"type": "int", "low": 8, "high": 32, "step": 8},
+                           "batch_size": {"type": "choice", "values": [64, 128]}}
+    experiment["search"] = {"algorithm": "optuna", "num_samples": 3, "metric": "val_loss", "max_concurrent": 2}
+    experiment["train"]["max_epochs"] = 1
+    trials = rt.run(experiment, quiet=True).trials()
+    assert len(trials) == 3
+    assert set(trials["config/module__hidden"]) <= {8, 16, 24, 32}
+    assert set(trials["config/batch_size"]) <= {64, 128}
+
+
+def test_optuna_all_grid_space_runs_each_point_once(experiment):
+    experiment["space"]["module__hidden"] = {"type": "grid", "values": [8, 16]}
+    experiment["search"] = {"algorithm": "optuna", "num_samples": 1, "metric": "val_loss"}
+    experiment["train"]["max_epochs"] = 1
+    trials = rt.run(experiment, quiet=True).trials()
+    points = sorted(zip(trials["config/optimizer__lr"], trials["config/module__hidden"]))
+    assert points == [(0.003, 8), (0.003, 16), (0.03, 8), (0.03, 16)]
+
+
+def test_hyperopt_samples_the_space(experiment):
+    pytest.importorskip("hyperopt")
+    experiment["space"] = {"optimizer__lr": {"type": "float", "low": 1e-3, "high": 3e-2, "log": True}}
+    experiment["search"] = {"algorithm": "hyperopt", "num_samples": 2, "metric": "val_loss"}
+    experiment["train"]["max_epochs"] = 1
+    trials = rt.run(experiment, quiet=True).trials()
+    assert len(trials) == 2
+    assert trials["config/optimizer__lr"].between(1e-3, 3e-2).all()
+
+
+def test_mixed_grid_under_optuna_is_refused_before_launch(experiment):
+    experiment["space"]["module__hidden"] = {"type": "int", "low": 8, "high": 32}
+    experiment["search"]["algorithm"] = "optuna"
+    with pytest.raises(rt.ConfigError) as info:
+        rt.run(experiment, quiet=True)
+    assert "cannot mix grid parameters ['optimizer__lr'] with sampled ones ['module__hidden']" in str(info.value)
+
+
+# Four learning rates, two of them far too small to learn in a few epochs: a pruning scheduler
+# must stop some trials early.
+PRUNABLE = {"optimizer__lr": {"type": "grid", "values": [1e-5, 3e-5, 0.01, 0.03]}}
+
+
+# Ray's HyperBand fills its no-pruning bracket first: with max_t=4 and rf=2 a band is 3 + 3 + 4
+# trials, so it needs 10 trials to prune in every bracket.
+HYPERBAND = {"optimizer__lr": {"type": "grid", "values": [1e-5, 3e-5, 1e-4, 0.01, 0.03]},
+             "module__hidden": {"type": "grid", "values": [8, 16]}}
+
+
+@pytest.mark.parametrize("scheduler, space", [
+    ({"name": "asha", "grace_period": 1, "reduction_factor": 2}, PRUNABLE),
+    ({"name": "hyperband", "reduction_factor": 2}, HYPERBAND),
+    ({"name": "median", "grace_period": 1, "min_samples_required": 2}, PRUNABLE),
+], ids=["asha", "hyperband", "median"])
+def test_pruning_schedulers_stop_bad_trials_early(experiment, scheduler, space):
+    experiment["space"] = space
+    experiment["train"]["max_epochs"] = 4
+    experiment["scheduler"] = scheduler
+    if scheduler["name"] != "hyperband":
+        experiment["search"]["max_concurrent"] = 2
+    result = rt.run(experiment, quiet=True)
+    trials = result.trials()
+    n = len(trials)
+    assert n == (10 if scheduler["name"] == "hyperband" else 4)
+    assert trials["epochs"].sum() < 4 * n, trials[["config/optimizer__lr", "epochs", "status"]]
+    assert "pruned" in set(trials["status"])
+    best_lr = result.best_config["optimizer__lr"]
+    assert best_lr in (0.01, 0.03)
+
+
+def test_hyperband_refuses_a_concurrency_limit(experiment):
+    experiment["scheduler"] = "hyperband"
+    experiment["search"]["max_concurrent"] = 2
+    with pytest.raises(rt.ConfigError, match="hyperband assigns trials to its brackets as they are created"):
+        rt.run(experiment, quiet=True)
+
+
+def test_fifo_runs_every_trial_to_max_epochs(experiment):
+    experiment["scheduler"] = "fifo"
+    trials = rt.run(experiment, quiet=True).trials()
+    assert trials["epochs"].tolist() == [2, 2]
+    assert set(trials["status"]) == {"completed"}
+
+
+def test_same_seed_same_per_trial_metrics(experiment, tmp_path):
+    first = rt.run(experiment, quiet=True).table
+    experiment["storage"] = str(tmp_path / "again")
+    second = rt.run(experiment, quiet=True).table
+    key = ["config/optimizer__lr", "epoch"]
+    cols = ["train_loss", "val_loss", "val_accuracy", "trial_seed"]
+    a = first.sort_values(key)[cols].to_numpy()
+    b = second.sort_values(key)[cols].to_numpy()
+    np.testing.assert_array_equal(a, b)
+    experiment["storage"] = str(tmp_path / "other-seed")
+    experiment["seed"] = 1
+    third = rt.run(experiment, quiet=True).table
+    assert not np.array_equal(third.sort_values(key)[cols].to_numpy(), a)
+
+
+def test_diverging_trial_is_marked_and_others_kept(experiment):
+    experiment["optimizer"] = "sgd"
+    experiment["space"] = {"optimizer__lr": {"type": "grid", "values": [0.05, 1.0e6]}}
+    experiment["train"]["max_epochs"] = 3
+    result = rt.run(experiment, quiet=True)
+    trials = result.trials().set_index("config/optimizer__lr")
+    assert trials.loc[1.0e6, "status"] == "diverged"
+    assert trials.loc[1.0e6, "epochs"] == 1
+    assert trials.loc[0.05, "status"] == "completed"
+    assert result.best_config == {"optimizer__lr": 0.05}
+
+
+def test_early_stopping_on_patience(experiment):
+    # A learning rate this small cannot improve val_accuracy by 0.5 in an epoch.
+    experiment["train"].update(max_epochs=6, early_stopping={"patience": 2, "min_delta": 0.5})
+    trials = rt.run(experiment, quiet=True).trials()
+    assert set(trials["status"]) == {"early_stopped"}
+    assert trials["epochs"].tolist() == [3, 3]
+
+
+def test_regression_example_metrics(tmp_path):
+    result = rt.run("examples/diabetes_regression.yaml", storage=str(tmp_path), max_epochs=3, quiet=True)
+    table = result.table
+    for column in ("val_mse", "val_mae", "val_r2"):
+        assert column in table.columns
+    assert table["trial_id"].nunique() == 6
+    assert result.metric == "val_r2" and result.mode == "max"
+    assert math.isfinite(result.best_metrics["test_r2"])
+
+
+def test_custom_loop_from_the_example_reports_and_checkpoints(tmp_path):
+    result = rt.run("examples/digits_custom_loop.yaml", storage=str(tmp_path), max_epochs=2, quiet=True)
+    assert result.table["epoch"].max() == 2
+    assert result.best_metrics["val_accuracy"] > 0.5
+    assert result.best_checkpoint is not None
+
+
+def test_custom_step(experiment):
+    experiment["train"]["step"] = "examples.custom_training:clipped_step"
+    result = rt.run(experiment, quiet=True)
+    assert result.best_metrics["val_accuracy"] > 0.5
+
+
+def test_resource_request_no_node_can_meet_fails_before_launch(experiment):
+    experiment["resources"] = {"cpu": 64}
+    with pytest.raises(rt.ResourceError) as info:
+        rt.run(experiment, quiet=True)
+    assert "each trial asks for {cpu: 64, gpu: 0} but no node of the Ray cluster has that much" in str(info.value)
+    assert "lower resources.cpu (--cpus-per-trial) to at most 2" in str(info.value)
+    experiment["resources"] = {"cpu": 1, "gpu": 1}
+    with pytest.raises(rt.ResourceError, match=r"set resources.gpu: 0 \(--gpus-per-trial 0\)"):
+        rt.run(experiment, quiet=True)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"model": {"name": "examples.nowhere:Net"}},
+     "model 'examples.nowhere:Net': cannot import module 'examples.nowhere'"),
+    ({"model": {"name": "examples.models:MLP", "args": {"out_features": 5}}},
+     "but the labels hold 10 classes: a classifier must output (128, 10) logits. Set its output size to 10"),
+    ({"model": {"name": "examples.models:MLP", "args": {"in_features": 32}}},
+     "failed on a batch of features of shape (128, 64) (64 features per row)"),
+    ({"loss": "bce_with_logits"},
+     "the loss BCEWithLogitsLoss does not fit the model output (128, 10) and the labels (128,)"),
+], ids=["broken-import", "labels-outside-classes", "shape-mismatch", "wrong-loss"])
+def test_bad_input_fails_before_any_trial(experiment, change, message):
+    experiment.update(change)
+    with pytest.raises(rt.PreflightError) as info:
+        rt.run(experiment, quiet=True)
+    assert message in str(info.value)
