@@ -475,7 +475,8 @@ def _parse(raw: Mapping, source: str | None) -> ExperimentConfig:
     train = _parse_train(raw, task, problems)
     space, space_problems = sp.parse_space(raw.get("space"))
     problems.extend(space_problems)
-    _check_param_names(space, problems)
+    raw_space = raw.get("space")
+    _check_param_names(raw_space if isinstance(raw_space, Mapping) else space, problems)
     search = _parse_search(raw, train.metrics, problems)
     if search.algorithm in sp.SEARCHERS:
         problems.extend(sp.check_searcher(space, search.algorithm))
