@@ -149,8 +149,10 @@ def load_splits(data_cfg: Any, task: str, seed: int, *, import_paths: tuple[str,
                     X, y, test_size=data_cfg.test_fraction, random_state=seed,
                     stratify=strat)
                 strat = y if task == "classification" else None
+            # val_fraction is a fraction of the whole data, like test_fraction.
+            val_size = data_cfg.val_fraction / (1.0 - data_cfg.test_fraction)
             X_tr, X_va, y_tr, y_va = train_test_split(
-                X, y, test_size=data_cfg.val_fraction, random_state=seed + 1, stratify=strat)
+                X, y, test_size=val_size, random_state=seed + 1, stratify=strat)
         except ValueError as exc:
             raise PreflightError(f"data: cannot split the data: {exc}") from None
     return _finish(task, X_tr, y_tr, X_va, y_va, X_te, y_te, standardize=data_cfg.standardize)
