@@ -226,17 +226,26 @@ def build_scheduler(config: Any) -> Any:
     max_t = config.train.max_epochs
     from ray.tune import schedulers as s
 
+    # Time is the trial's own epoch count (one epoch = one report), which survives restores
+    # from a checkpoint newer than Ray's saved state.
     if name == "fifo":
         return s.FIFOScheduler()
     if name == "asha":
-        return s.ASHAScheduler(time_attr="training_iteration", max_t=max_t, grace_period=opts["grace_period"],
+        return s.ASHAScheduler(time_attr="epoch", max_t=max_t, grace_period=opts["grace_period"],
                                reduction_factor=opts["reduction_factor"], brackets=opts["brackets"])
     if name == "hyperband":
-        return s.HyperBandScheduler(time_attr="training_iteration", max_t=max_t,
-                                    reduction_factor=opts["reduction_factor"])
+        return s.HyperBandScheduler(time_attr="epoch", max_t=max_t, reduction_factor=opts["reduction_factor"])
     if name == "median":
-        return s.MedianStoppingRule(time_attr="training_iteration", grace_period=opts["grace_period"],
+        return s.MedianStoppingRule(time_attr="epoch", grace_period=opts["grace_period"],
                                     min_samples_required=opts["min_samples_required"])
+    if name == "pbt":
+        mutations = {}
+        for key, param in sp.searched(config.space).items():
+            mutations[key] = list(param.values) if isinstance(param, (sp.Grid, sp.Choice)) else _domain(param)
+        return s.PopulationBasedTraining(
+            time_attr="epoch", perturbation_interval=opts["perturbation_interval"],
+            hyperparam_mutations=mutations, quantile_fraction=opts["quantile_fraction"],
+            resample_probability=opts["resample_probability"], synch=False)
     raise ConfigError([f"scheduler.name: unknown scheduler {name!r}"])
 
 
@@ -267,8 +276,44 @@ class RayReporter:
         if checkpoint is None:
             yield None
             return
+        checkpoint = _newest_own_checkpoint(checkpoint, self.trial_id)
         with checkpoint.as_directory() as directory:
             yield directory
+
+
+def _newest_own_checkpoint(checkpoint: Any, trial_id: str) -> Any:
+    """The newest complete checkpoint of this trial on storage, at least as new as ``checkpoint``.
+
+    After the driver is killed, Ray's saved experiment state can lag behind the checkpoints
+    already persisted (it may hand back checkpoint 1 while 3 is on disk); resuming from the
+    newest complete one is what makes resume exact. Checkpoints of another trial (PBT exploit)
+    are used as given.
+    """
+    import json
+
+    import pyarrow.fs as pafs
+
+    fs, path = checkpoint.filesystem, checkpoint.path.rstrip("/")
+    parent = path.rsplit("/", 1)[0]
+    if parent.rsplit("/", 1)[-1] != f"trial_{trial_id}":
+        return checkpoint
+    best_epoch, best_path = -1, path
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(parent))
+    except OSError:
+        return checkpoint
+    for info in infos:
+        if info.type != pafs.FileType.Directory or not info.base_name.startswith("checkpoint_"):
+            continue
+        try:
+            with fs.open_input_stream(f"{info.path}/state.json") as fh:
+                meta = json.loads(fh.read())
+            state = fs.get_file_info(f"{info.path}/state.pt")
+        except (OSError, ValueError):
+            continue  # incomplete: no state.json yet, or unreadable
+        if state.type == pafs.FileType.File and state.size == meta.get("bytes") and meta.get("epoch", -1) > best_epoch:
+            best_epoch, best_path = meta["epoch"], info.path
+    return checkpoint if best_path == path else tune.Checkpoint(best_path, filesystem=fs)
 
 
 def _train_function(params: dict[str, Any], config: Any = None, data: Any = None) -> None:
@@ -346,11 +391,23 @@ def run_tuner(config: Any, data: Any, *, run_dir_parent: str, callbacks: list) -
             checkpoint_score_attribute=config.search.metric,
             checkpoint_score_order=config.search.mode,
         ),
-        failure_config=tune.FailureConfig(max_failures=0),
+        failure_config=tune.FailureConfig(max_failures=config.max_failures),
         verbose=0,
         log_to_file=True,
         callbacks=[JsonLoggerCallback(), CSVLoggerCallback(), *callbacks],
     )
     tuner = tune.Tuner(ray_trainable(config, data), param_space=param_space(config.space, config.search.algorithm),
                        tune_config=tune_config, run_config=run_config)
+    return tuner.fit()
+
+
+def can_restore(run_dir: str) -> bool:
+    return tune.Tuner.can_restore(run_dir)
+
+
+def restore_tuner(run_dir: str, config: Any, data: Any) -> Any:
+    """Continue an interrupted experiment: finished trials stay finished, unfinished and errored
+    ones continue from their newest checkpoints. Returns Ray's ResultGrid."""
+    tuner = tune.Tuner.restore(run_dir, trainable=ray_trainable(config, data), resume_unfinished=True,
+                               resume_errored=True, restart_errored=False)
     return tuner.fit()

@@ -1,4 +1,4 @@
-"""``raytune-torch``: run, validate, results.
+"""``raytune-torch``: run, resume, validate, results.
 
 Exit status: 0 success; 2 bad input (the experiment, its data or resources; every problem is
 listed and nothing was started); 1 any other failure.
@@ -58,6 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-data", action="store_true", help="check the file only (skip loading data and the batch)")
     _add_overrides(p)
 
+    p = sub.add_parser("resume", help="continue an interrupted run from its checkpoints")
+    p.add_argument("run_dir", help="the run directory (STORAGE/NAME)")
+    p.add_argument("--address", default=None, help="join this Ray cluster instead of starting one")
+    p.add_argument("--quiet", action="store_true")
+
     p = sub.add_parser("results", help="show the best trial and a top-k table of a run directory")
     p.add_argument("run_dir")
     p.add_argument("--top", type=int, default=5, help="how many trials to list (default 5)")
@@ -76,6 +81,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .tuner import run
 
     run(args.experiment, address=args.address, quiet=args.quiet, **_overrides(args))
+    return 0
+
+
+def _cmd_resume(args: argparse.Namespace) -> int:
+    from .tuner import resume
+
+    resume(args.run_dir, address=args.address, quiet=args.quiet)
     return 0
 
 
@@ -124,7 +136,8 @@ def _cmd_results(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler = {"run": _cmd_run, "validate": _cmd_validate, "results": _cmd_results}[args.command]
+    handler = {"run": _cmd_run, "resume": _cmd_resume, "validate": _cmd_validate,
+               "results": _cmd_results}[args.command]
     try:
         return handler(args)
     except (ConfigError, PreflightError, ResourceError) as exc:

@@ -51,12 +51,15 @@ BUNDLED_DATASETS = {
     "wine": "classification",
     "diabetes": "regression",
 }
+_RF = (float, 3.0, 1.0, None, True)  # reduction factor: > 1
 SCHEDULERS = {
-    # name: {option: (type, default)}
+    # name: {option: (type, default, minimum, maximum, minimum is exclusive)}
     "fifo": {},
-    "asha": {"grace_period": (int, 1), "reduction_factor": (float, 3.0), "brackets": (int, 1)},
-    "hyperband": {"reduction_factor": (float, 3.0)},
-    "median": {"grace_period": (int, 1), "min_samples_required": (int, 3)},
+    "asha": {"grace_period": (int, 1, 1, None, False), "reduction_factor": _RF, "brackets": (int, 1, 1, None, False)},
+    "hyperband": {"reduction_factor": _RF},
+    "median": {"grace_period": (int, 1, 1, None, False), "min_samples_required": (int, 3, 1, None, False)},
+    "pbt": {"perturbation_interval": (int, 2, 1, None, False), "quantile_fraction": (float, 0.25, 0.0, 0.5, True),
+            "resample_probability": (float, 0.25, 0.0, 1.0, False)},
 }
 # Trial parameters that are not routed by a prefix.
 PLAIN_PARAMS = ("batch_size", "lr", "optimizer", "seed")
@@ -73,6 +76,7 @@ OVERRIDES = {
     "metric": ("search", "metric"),
     "mode": ("search", "mode"),
     "scheduler": ("scheduler", "name"),
+    "max_failures": ("max_failures",),
     "max_epochs": ("train", "max_epochs"),
     "cpus_per_trial": ("resources", "cpu"),
     "gpus_per_trial": ("resources", "gpu"),
@@ -144,10 +148,11 @@ class ResourcesConfig:
 
 @dataclass(frozen=True)
 class CheckpointConfig:
-    """Checkpoint every ``every`` epochs (and at the end); keep ``keep`` per trial (best + latest)."""
+    """Checkpoint every ``every`` epochs (and at the end). Per trial, keep the ``keep`` best
+    checkpoints by the experiment's metric plus the latest; a trial stopped early keeps its best only."""
 
     every: int = 1
-    keep: int = 2
+    keep: int = 1
 
 
 @dataclass(frozen=True)
@@ -169,6 +174,7 @@ class ExperimentConfig:
     scheduler: SchedulerConfig = SchedulerConfig()
     resources: ResourcesConfig = ResourcesConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
+    max_failures: int = 2
     import_paths: tuple[str, ...] = ()
 
     @property
@@ -409,10 +415,9 @@ def _parse_scheduler(raw: Mapping, max_epochs: int, problems: list[str]) -> Sche
     options = {k: v for k, v in value.items() if k != "name"}
     _unknown(f"scheduler ({name})", options, list(spec), problems)
     parsed = {}
-    for key, (kind, default) in spec.items():
-        minimum = 1 if kind is int else 1.0
+    for key, (kind, default, minimum, maximum, exclusive) in spec.items():
         got = _typed(f"scheduler.{key}", options.get(key, default), kind, problems, minimum=minimum,
-                     exclusive_min=key == "reduction_factor")
+                     maximum=maximum, exclusive_min=exclusive)
         parsed[key] = got if got is not None else default
     if "grace_period" in parsed and parsed["grace_period"] > max_epochs:
         problems.append(
@@ -441,10 +446,29 @@ def _check_param_names(space: Mapping[str, Any], problems: list[str]) -> None:
         )
 
 
+def _check_pbt(space: Mapping[str, Any], search: SearchConfig, scheduler: SchedulerConfig, every: int | None,
+               problems: list[str]) -> None:
+    if search.algorithm not in ("random", "grid"):
+        problems.append(f"scheduler: pbt starts its population from search: random (or grid), not {search.algorithm!r}")
+    searched = sp.searched(space)
+    structural = sorted(k for k in searched if k.startswith("module__"))
+    if structural:
+        problems.append(
+            f"space: pbt copies weights between trials, so the model's shape must not change; make "
+            f"{structural} constants (pbt mutates optimizer, loss and batch-size parameters)")
+    if not searched:
+        problems.append("space: pbt needs at least one searched parameter to mutate")
+    interval = scheduler.options.get("perturbation_interval", 1)
+    if every and interval % every:
+        problems.append(
+            f"checkpoint.every: pbt perturbs every {interval} epoch(s) and needs a checkpoint then; make "
+            f"checkpoint.every a divisor of scheduler.perturbation_interval")
+
+
 def _parse(raw: Mapping, source: str | None) -> ExperimentConfig:
     problems: list[str] = []
     allowed = ["name", "seed", "storage", "task", "data", "model", "optimizer", "loss", "lr_scheduler",
-               "train", "space", "search", "scheduler", "resources", "checkpoint", "import_paths"]
+               "train", "space", "search", "scheduler", "resources", "checkpoint", "max_failures", "import_paths"]
     _unknown("experiment", raw, allowed, problems)
     name = raw.get("name")
     if not isinstance(name, str) or not name.strip() or "/" in name or name in (".", ".."):
@@ -472,6 +496,12 @@ def _parse(raw: Mapping, source: str | None) -> ExperimentConfig:
     optimizer = _component(raw.get("optimizer", "adam"), "optimizer", problems, required=True)
     loss = _component(raw.get("loss"), "loss", problems, required=False)
     lr_scheduler = _component(raw.get("lr_scheduler"), "lr_scheduler", problems, required=False)
+    if loss is not None and isinstance(loss.name, str):
+        mismatch = {"classification": ("mse", "l1", "huber", "smooth_l1"), "regression": ("cross_entropy", "nll")}
+        if loss.name.lower() in mismatch.get(task, ()):
+            fit = "cross_entropy" if task == "classification" else "mse"
+            problems.append(f"loss: {loss.name!r} is a {'regression' if task == 'classification' else 'classification'} "
+                            f"loss but the task is {task}; use e.g. `loss: {fit}` (or set `task:`)")
     train = _parse_train(raw, task, problems)
     space, space_problems = sp.parse_space(raw.get("space"))
     problems.extend(space_problems)
@@ -495,7 +525,10 @@ def _parse(raw: Mapping, source: str | None) -> ExperimentConfig:
     ckpt = _section(raw, "checkpoint", problems)
     _unknown("checkpoint", ckpt, ["every", "keep"], problems)
     every = _typed("checkpoint.every", ckpt.get("every", 1), int, problems, minimum=1)
-    keep = _typed("checkpoint.keep", ckpt.get("keep", 2), int, problems, minimum=1)
+    keep = _typed("checkpoint.keep", ckpt.get("keep", 1), int, problems, minimum=1)
+    max_failures = _typed("max_failures", raw.get("max_failures", 2), int, problems, minimum=0)
+    if scheduler.name == "pbt":
+        _check_pbt(space, search, scheduler, every, problems)
     import_paths = raw.get("import_paths") or ()
     if isinstance(import_paths, str) or not isinstance(import_paths, (list, tuple)):
         problems.append(f"import_paths: must be a list of directories, got {import_paths!r}")
@@ -507,6 +540,7 @@ def _parse(raw: Mapping, source: str | None) -> ExperimentConfig:
         optimizer=optimizer, loss=loss, lr_scheduler=lr_scheduler, train=train, space=space,
         search=search, scheduler=scheduler,
         resources=ResourcesConfig(cpu=cpu, gpu=gpu), checkpoint=CheckpointConfig(every=every, keep=keep),
+        max_failures=max_failures if max_failures is not None else 2,
         import_paths=tuple(str(p) for p in import_paths),
     )
 
@@ -603,6 +637,7 @@ def config_to_dict(config: ExperimentConfig) -> dict[str, Any]:
     out["scheduler"] = {"name": config.scheduler.name, **dict(config.scheduler.options)}
     out["resources"] = asdict(config.resources)
     out["checkpoint"] = asdict(config.checkpoint)
+    out["max_failures"] = config.max_failures
     if config.import_paths:
         out["import_paths"] = list(config.import_paths)
     return out

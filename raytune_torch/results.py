@@ -67,9 +67,11 @@ def write_results(run_dir: str, config: Any, data: Any, grid: Any) -> None:
     trials = []
     for result in grid:
         trial_id = Path(result.path).name.removeprefix("trial_")
-        error = None if result.error is None else f"{type(result.error).__name__}: {result.error}".strip()
+        error = _error_text(result.error)
         history = _trial_rows(result, metric_names)
         status = _status(history, error, config.train.max_epochs)
+        if status in ("pruned", "early_stopped", "diverged"):
+            _prune_checkpoints(result, _best_checkpoint(result, metric, mode))
         params = dict(result.config or {})
         trials.append(trial_id)
         base = {"trial_id": trial_id, "status": status, "error": error}
@@ -103,6 +105,7 @@ def write_results(run_dir: str, config: Any, data: Any, grid: Any) -> None:
         "feature_mean": None if data.feature_mean is None else data.feature_mean.tolist(),
         "feature_std": None if data.feature_std is None else data.feature_std.tolist(),
     }
+    summary["checkpoint_bytes"] = sum(_checkpoint_bytes(r) for r in grid)
     if best is not None:
         summary.update({"trial_id": best["trial_id"], "epoch": best["epoch"], "status": best["status"],
                         "value": best["value"], "params": best["params"], "metrics": best["metrics"],
@@ -110,6 +113,44 @@ def write_results(run_dir: str, config: Any, data: Any, grid: Any) -> None:
         if data.X_test is not None and best["checkpoint"]:
             summary["test_metrics"] = _score_test(config, data, best)
     Path(run_dir, "best.json").write_text(json.dumps(_jsonable(summary), indent=2))
+
+
+def _error_text(error: BaseException | None) -> str | None:
+    """One line: the exception type and the last line of its message (Ray wraps tracebacks)."""
+    if error is None:
+        return None
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    cause = lines[-1] if lines else type(error).__name__
+    return cause if ":" in cause else f"{type(error).__name__}: {cause}"
+
+
+def _checkpoint_dirs(result: Any) -> list[Any]:
+    import pyarrow.fs as pafs
+
+    try:
+        infos = result.filesystem.get_file_info(pafs.FileSelector(result.path))
+    except OSError:
+        return []
+    return [i for i in infos if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_")]
+
+
+def _prune_checkpoints(result: Any, keep: str | None) -> None:
+    """A trial stopped early keeps only its best checkpoint."""
+    if keep is None:
+        return
+    for info in _checkpoint_dirs(result):
+        if info.path.rstrip("/") != keep.rstrip("/"):
+            result.filesystem.delete_dir(info.path)
+
+
+def _checkpoint_bytes(result: Any) -> int:
+    import pyarrow.fs as pafs
+
+    total = 0
+    for info in _checkpoint_dirs(result):
+        for f in result.filesystem.get_file_info(pafs.FileSelector(info.path, recursive=True)):
+            total += f.size or 0 if f.type == pafs.FileType.File else 0
+    return total
 
 
 def _column(values: list) -> Any:
@@ -253,6 +294,8 @@ class TuneResult:
         counts = ", ".join(f"{v} {k}" for k, v in self.best.get("status_counts", {}).items())
         took = f" in {elapsed:.1f}s" if elapsed is not None else ""
         lines = [f"raytune-torch: {self.best.get('trials', 0)} trial(s){took} ({counts}); results in {self.run_dir}"]
+        if "checkpoint_bytes" in self.best:
+            lines.append(f"checkpoints on disk: {self.best['checkpoint_bytes'] / 2**20:.2f} MiB")
         if "trial_id" in self.best:
             m = self.best["metrics"]
             lines.append(f"best trial {self.best['trial_id']} at epoch {self.best['epoch']}: "

@@ -126,7 +126,7 @@ class Trial:
             "optimizer": self.optimizer.state_dict(),
             "lr_scheduler": self.lr_scheduler.state_dict() if self.lr_scheduler is not None else None,
             "scaler": None,
-            "early_stopping": {"best": self.best, "bad_epochs": self.bad_epochs},
+            "early_stopping": {"best": self.best, "bad_epochs": self.bad_epochs, "stopped": self.stopped_early},
             "rng": ckpt.capture_rng(self.shuffle),
             "params": self.params,
             "trial_seed": self.seed,
@@ -139,12 +139,24 @@ class Trial:
             state = ckpt.load_state(directory, map_location=self.device)
         ckpt.load_model_state(self.model, state, str(directory))
         self.optimizer.load_state_dict(state["optimizer"])
+        if state["params"] != self.params:
+            self._apply_optimizer_params()  # PBT may have mutated them since the checkpoint
         if self.lr_scheduler is not None and state["lr_scheduler"] is not None:
             self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         self.epoch = int(state["epoch"])
         self.best = state["early_stopping"]["best"]
         self.bad_epochs = int(state["early_stopping"]["bad_epochs"])
+        self.stopped_early = bool(state["early_stopping"].get("stopped", False))
         ckpt.restore_rng(state["rng"], self.shuffle)
+
+    def _apply_optimizer_params(self) -> None:
+        settings = comp.params_for("optimizer", self.params)
+        if "lr" in self.params:
+            settings["lr"] = self.params["lr"]
+        for group in self.optimizer.param_groups:
+            for key, value in settings.items():
+                if key in group:
+                    group[key] = value
 
     # -- what a loop uses -------------------------------------------------------------------------
     def epochs(self) -> Iterator[int]:

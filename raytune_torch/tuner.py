@@ -17,7 +17,7 @@ from .config import ExperimentConfig, config_to_dict, load_config
 from .data import Splits, load_splits
 from .exceptions import ConfigError, PreflightError
 
-__all__ = ["run", "prepare"]
+__all__ = ["run", "resume", "prepare"]
 
 
 def _echo(text: str, quiet: bool) -> None:
@@ -54,7 +54,7 @@ def _serializable(raw: Any) -> Any:
 
 
 def run(source: str | os.PathLike | dict | ExperimentConfig, *, address: str | None = None,
-        quiet: bool = False, **overrides: Any):
+        quiet: bool = False, callbacks: list | None = None, **overrides: Any):
     """Tune the experiment and return its :class:`~raytune_torch.results.TuneResult`.
 
     Args:
@@ -63,6 +63,7 @@ def run(source: str | os.PathLike | dict | ExperimentConfig, *, address: str | N
             instance (the default; it listens on 127.0.0.1 only). A Ray instance already started
             in this process is used as it is.
         quiet: print nothing but errors.
+        callbacks: extra ``ray.tune.Callback`` objects (they run in the driver).
         overrides: ``search``, ``scheduler``, ``num_samples``, ``max_epochs``, ``storage``, ``name``,
             ``seed``, ``cpus_per_trial``, ``gpus_per_trial``, ``max_concurrent``, ``metric``, ``mode``.
 
@@ -94,8 +95,45 @@ def run(source: str | os.PathLike | dict | ExperimentConfig, *, address: str | N
         _echo(f"raytune-torch: Ray with {cluster['cpus']:g} CPU(s), {cluster['gpus']:g} GPU(s) on "
               f"{cluster['nodes']} node(s); each trial {{cpu: {config.resources.cpu:g}, gpu: {config.resources.gpu:g}}}",
               quiet)
-        callbacks = [] if quiet else [_ray.ConsoleCallback(config.search.metric, plan.total)]
-        grid = _ray.run_tuner(config, data, run_dir_parent=storage, callbacks=callbacks)
+        console = [] if quiet else [_ray.ConsoleCallback(config.search.metric, plan.total)]
+        grid = _ray.run_tuner(config, data, run_dir_parent=storage, callbacks=[*console, *(callbacks or [])])
+        write_results(run_dir, config, data, grid)
+    finally:
+        if owned:
+            _ray.shutdown()
+    result = TuneResult(run_dir)
+    _echo(result.summary(elapsed=time.monotonic() - started), quiet)
+    return result
+
+
+def resume(run_dir: str | os.PathLike, *, address: str | None = None, quiet: bool = False):
+    """Continue an interrupted run: finished trials are not run again, unfinished (and errored)
+    trials continue from their newest complete checkpoint; then the results are written.
+
+    Raises:
+        ResultsError: ``run_dir`` is missing, is not a raytune_torch run, or already finished.
+    """
+    from . import _ray
+    from .exceptions import ResultsError
+    from .results import TuneResult, write_results
+
+    started = time.monotonic()
+    run_dir = os.path.abspath(run_dir)
+    if not os.path.isdir(run_dir):
+        raise ResultsError(f"run directory {run_dir!r} does not exist; give STORAGE/NAME of an interrupted run")
+    saved = os.path.join(run_dir, "experiment.yaml")
+    if not os.path.isfile(saved) or not _ray.can_restore(run_dir):
+        raise ResultsError(f"{run_dir!r} is not a raytune_torch run (no experiment.yaml and Ray experiment state); "
+                           f"nothing to resume")
+    if os.path.isfile(os.path.join(run_dir, "best.json")):
+        raise ResultsError(f"the run in {run_dir!r} already finished; see `raytune-torch results {run_dir}` "
+                           f"(to tune again, run the experiment under a new --name)")
+    config, data = prepare(saved)
+    _echo(f"raytune-torch: resuming {config.name} from {run_dir}", quiet)
+    owned = _ray.connect(address) if address else _ray.start_local()
+    try:
+        _ray.check_resources(config.resources.cpu, config.resources.gpu, config.search.max_concurrent)
+        grid = _ray.restore_tuner(run_dir, config, data)
         write_results(run_dir, config, data, grid)
     finally:
         if owned:
