@@ -18,12 +18,13 @@ from .exceptions import (
 )
 from .results import TuneResult
 from .space import Choice, Float, Grid, Int
-from .tuner import run
+from .tuner import resume, run
 
 __version__ = "0.1.0"
 
 __all__ = [
     "run",
+    "resume",
     "load_config",
     "ExperimentConfig",
     "TuneResult",

@@ -24,7 +24,6 @@ os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_
 
 import ray  # noqa: E402
 from ray import tune  # noqa: E402
-from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback  # noqa: E402
 
 from . import space as sp  # noqa: E402
 from .exceptions import ConfigError, ResourceError  # noqa: E402
@@ -265,6 +264,7 @@ class RayReporter:
         ctx = tune.get_context()
         self.trial_id = ctx.get_trial_id() or "trial"
         self.trial_index = _trial_index(self.trial_id)
+        self.replay_after: int | None = None  # set when resuming from a newer checkpoint than Ray's
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
         checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
@@ -276,18 +276,20 @@ class RayReporter:
         if checkpoint is None:
             yield None
             return
-        checkpoint = _newest_own_checkpoint(checkpoint, self.trial_id)
-        with checkpoint.as_directory() as directory:
+        newest, given_epoch = _newest_own_checkpoint(checkpoint, self.trial_id)
+        if newest is not checkpoint:
+            self.replay_after = given_epoch
+        with newest.as_directory() as directory:
             yield directory
 
 
-def _newest_own_checkpoint(checkpoint: Any, trial_id: str) -> Any:
+def _newest_own_checkpoint(checkpoint: Any, trial_id: str) -> tuple[Any, int]:
     """The newest complete checkpoint of this trial on storage, at least as new as ``checkpoint``.
 
     After the driver is killed, Ray's saved experiment state can lag behind the checkpoints
     already persisted (it may hand back checkpoint 1 while 3 is on disk); resuming from the
     newest complete one is what makes resume exact. Checkpoints of another trial (PBT exploit)
-    are used as given.
+    are used as given. Returns the checkpoint to use and the epoch of the one Ray gave.
     """
     import json
 
@@ -296,12 +298,12 @@ def _newest_own_checkpoint(checkpoint: Any, trial_id: str) -> Any:
     fs, path = checkpoint.filesystem, checkpoint.path.rstrip("/")
     parent = path.rsplit("/", 1)[0]
     if parent.rsplit("/", 1)[-1] != f"trial_{trial_id}":
-        return checkpoint
-    best_epoch, best_path = -1, path
+        return checkpoint, -1
+    best_epoch, best_path, given_epoch = -1, path, -1
     try:
         infos = fs.get_file_info(pafs.FileSelector(parent))
     except OSError:
-        return checkpoint
+        return checkpoint, -1
     for info in infos:
         if info.type != pafs.FileType.Directory or not info.base_name.startswith("checkpoint_"):
             continue
@@ -311,9 +313,13 @@ def _newest_own_checkpoint(checkpoint: Any, trial_id: str) -> Any:
             state = fs.get_file_info(f"{info.path}/state.pt")
         except (OSError, ValueError):
             continue  # incomplete: no state.json yet, or unreadable
+        if info.path.rstrip("/") == path:
+            given_epoch = meta.get("epoch", -1)
         if state.type == pafs.FileType.File and state.size == meta.get("bytes") and meta.get("epoch", -1) > best_epoch:
             best_epoch, best_path = meta["epoch"], info.path
-    return checkpoint if best_path == path else tune.Checkpoint(best_path, filesystem=fs)
+    if best_path.rstrip("/") == path or best_epoch <= given_epoch:
+        return checkpoint, given_epoch
+    return tune.Checkpoint(best_path, filesystem=fs), given_epoch
 
 
 def _train_function(params: dict[str, Any], config: Any = None, data: Any = None) -> None:
@@ -331,6 +337,36 @@ def ray_trainable(config: Any, data: Any) -> Any:
 
 def trial_dirname(trial: Any) -> str:
     return f"trial_{trial.trial_id}"
+
+
+HISTORY_FILE = "history.jsonl"
+
+
+class HistoryCallback(tune.Callback):
+    """Appends every result a trial reports to ``trial_<id>/history.jsonl`` as it arrives.
+
+    One line per epoch, flushed at once, in the driver: a row is on disk before anything else
+    (a scheduler decision, a failure, a driver crash) can lose it. ``results.parquet`` is built
+    from these files (duplicates after a restart are dropped by epoch, keeping the last).
+    """
+
+    KEYS = ("epoch", "trial_id", "pid", "node_ip", "time_total_s")
+
+    def __init__(self, metric_names: tuple[str, ...]) -> None:
+        self.metric_names = tuple(metric_names)
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        import json
+
+        row = {k: result[k] for k in (*self.KEYS, *self.metric_names) if k in result}
+        row.update({k: result[k] for k in result if k in _EXTRA_KEYS})
+        directory = trial.path
+        os.makedirs(directory, exist_ok=True)
+        with open(os.path.join(directory, HISTORY_FILE), "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+
+
+_EXTRA_KEYS = ("lr", "epoch_time_s", "samples_per_s", "trial_seed", "diverged", "early_stopped")
 
 
 class ConsoleCallback(tune.Callback):
@@ -387,14 +423,18 @@ def run_tuner(config: Any, data: Any, *, run_dir_parent: str, callbacks: list) -
         name=config.name,
         storage_path=run_dir_parent,
         checkpoint_config=tune.CheckpointConfig(
-            num_to_keep=config.checkpoint.keep,
+            # PBT copies a donor's checkpoint into another trial later on: keep them all until the
+            # run ends (results.write_results then prunes every trial to the budget).
+            num_to_keep=None if config.scheduler.name == "pbt" else config.checkpoint.keep,
             checkpoint_score_attribute=config.search.metric,
             checkpoint_score_order=config.search.mode,
         ),
         failure_config=tune.FailureConfig(max_failures=config.max_failures),
         verbose=0,
         log_to_file=True,
-        callbacks=[JsonLoggerCallback(), CSVLoggerCallback(), *callbacks],
+        # Ray's JSON/CSV/TensorBoard loggers are off (TUNE_DISABLE_AUTO_CALLBACK_LOGGERS): the
+        # history callback writes what results need, and comes first so no row can be lost.
+        callbacks=[HistoryCallback(config.metric_names), *callbacks],
     )
     tuner = tune.Tuner(ray_trainable(config, data), param_space=param_space(config.space, config.search.algorithm),
                        tune_config=tune_config, run_config=run_config)

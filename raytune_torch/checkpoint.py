@@ -29,7 +29,7 @@ STATE_FILE = "state.pt"
 META_FILE = "state.json"
 STATE_KEYS = frozenset({
     "format", "epoch", "model", "optimizer", "lr_scheduler", "scaler", "early_stopping", "rng",
-    "params", "trial_seed",
+    "params", "trial_seed", "history",
 })
 
 

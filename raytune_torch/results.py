@@ -5,7 +5,7 @@ Run directory layout (``STORAGE/NAME``)::
     experiment.yaml        the experiment as it ran (after overrides)
     results.parquet        trial_id, epoch, train_loss, val_loss, val_<metric>..., status, config/<name>...
     best.json              the best trial (by the experiment's metric over all its epochs)
-    trial_<id>/            Ray's per-trial folder: result.json, progress.csv, checkpoint_*/
+    trial_<id>/            per trial: history.jsonl (one line per epoch), checkpoint_*/, stdout/stderr
     tuner.pkl, experiment_state-*.json   Ray's own experiment files
 """
 
@@ -43,12 +43,25 @@ def _status(rows: list[dict], error: str | None, max_epochs: int) -> str:
 
 
 def _trial_rows(result: Any, metric_names: tuple[str, ...]) -> list[dict]:
-    df = result.metrics_dataframe
-    if df is None or len(df) == 0 or "epoch" not in df.columns:
+    """The trial's per-epoch rows from its history file (last row per epoch, in epoch order)."""
+    path = f"{result.path.rstrip('/')}/history.jsonl"
+    try:
+        with result.filesystem.open_input_stream(path) as fh:
+            text = fh.read().decode()
+    except (OSError, FileNotFoundError):
         return []
-    keep = [c for c in dict.fromkeys((*METRIC_COLUMNS, *metric_names)) if c in df.columns]
-    df = df[keep].drop_duplicates(subset="epoch", keep="last").sort_values("epoch")
-    return df.to_dict("records")
+    keep = tuple(dict.fromkeys((*METRIC_COLUMNS, *metric_names)))
+    by_epoch: dict[int, dict] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by a crash
+        if "epoch" in row:
+            by_epoch[int(row["epoch"])] = {k: row[k] for k in keep if k in row}
+    return [by_epoch[e] for e in sorted(by_epoch)]
 
 
 def _better(a: float, b: float, mode: str) -> bool:
@@ -70,8 +83,7 @@ def write_results(run_dir: str, config: Any, data: Any, grid: Any) -> None:
         error = _error_text(result.error)
         history = _trial_rows(result, metric_names)
         status = _status(history, error, config.train.max_epochs)
-        if status in ("pruned", "early_stopped", "diverged"):
-            _prune_checkpoints(result, _best_checkpoint(result, metric, mode))
+        _prune_checkpoints(result, _kept_checkpoints(result, metric, mode, config.checkpoint.keep, status))
         params = dict(result.config or {})
         trials.append(trial_id)
         base = {"trial_id": trial_id, "status": status, "error": error}
@@ -82,8 +94,8 @@ def write_results(run_dir: str, config: Any, data: Any, grid: Any) -> None:
         for row in history:
             rows.append({**base, **{k: row.get(k) for k in row}, **cfg})
             value = row.get(metric)
-            if row.get("diverged") or value is None or not math.isfinite(value):
-                continue
+            if status == "error" or row.get("diverged") or value is None or not math.isfinite(value):
+                continue  # an errored trial never counts as the best
             if best is None or _better(value, best["value"], mode):
                 best = {"value": value, "trial_id": trial_id, "epoch": int(row["epoch"]), "params": params,
                         "metrics": {k: row[k] for k in row if k in metric_names or k == "epoch"},
@@ -134,12 +146,34 @@ def _checkpoint_dirs(result: Any) -> list[Any]:
     return [i for i in infos if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_")]
 
 
-def _prune_checkpoints(result: Any, keep: str | None) -> None:
-    """A trial stopped early keeps only its best checkpoint."""
-    if keep is None:
+def _ranked_checkpoints(result: Any, metric: str, mode: str) -> list[str]:
+    """The trial's checkpoints with a finite metric, best first."""
+    candidates = [(c.path, m[metric]) for c, m in (result.best_checkpoints or [])
+                  if isinstance(m.get(metric), (int, float)) and math.isfinite(m[metric])]
+    candidates.sort(key=lambda pv: pv[1], reverse=mode == "max")
+    return [p for p, _ in candidates]
+
+
+def _kept_checkpoints(result: Any, metric: str, mode: str, keep: int, status: str) -> set[str]:
+    """The disk budget: the ``keep`` best plus the latest; a trial stopped early keeps its best."""
+    ranked = _ranked_checkpoints(result, metric, mode)
+    if status in ("pruned", "early_stopped", "diverged"):
+        kept = set(ranked[:1])
+    else:
+        kept = set(ranked[:keep])
+        if result.checkpoint is not None:
+            kept.add(result.checkpoint.path)
+    if not kept and result.checkpoint is not None:
+        kept.add(result.checkpoint.path)
+    return {p.rstrip("/") for p in kept}
+
+
+def _prune_checkpoints(result: Any, keep: set[str]) -> None:
+    """Delete the trial's checkpoints outside ``keep`` (never all of them)."""
+    if not keep:
         return
     for info in _checkpoint_dirs(result):
-        if info.path.rstrip("/") != keep.rstrip("/"):
+        if info.path.rstrip("/") not in keep:
             result.filesystem.delete_dir(info.path)
 
 
@@ -172,12 +206,9 @@ def _last_rows(rows: list[dict]) -> list[dict]:
 
 
 def _best_checkpoint(result: Any, metric: str, mode: str) -> str | None:
-    candidates = [(c, m) for c, m in (result.best_checkpoints or []) if m.get(metric) is not None]
-    candidates = [(c, m) for c, m in candidates if math.isfinite(m[metric])]
-    if candidates:
-        pick = min(candidates, key=lambda cm: cm[1][metric]) if mode == "min" else \
-            max(candidates, key=lambda cm: cm[1][metric])
-        return pick[0].path
+    ranked = _ranked_checkpoints(result, metric, mode)
+    if ranked:
+        return ranked[0]
     return result.checkpoint.path if result.checkpoint is not None else None
 
 

@@ -114,6 +114,7 @@ class Trial:
         self.best: float | None = None
         self.bad_epochs = 0
         self.stopped_early = False
+        self.history: list[dict[str, Any]] = []  # every epoch's reported metrics
         self._epoch_start = time.perf_counter()
         self._restore()
 
@@ -130,6 +131,7 @@ class Trial:
             "rng": ckpt.capture_rng(self.shuffle),
             "params": self.params,
             "trial_seed": self.seed,
+            "history": self.history,
         }
 
     def _restore(self) -> None:
@@ -147,7 +149,15 @@ class Trial:
         self.best = state["early_stopping"]["best"]
         self.bad_epochs = int(state["early_stopping"]["bad_epochs"])
         self.stopped_early = bool(state["early_stopping"].get("stopped", False))
+        self.history = list(state["history"])
         ckpt.restore_rng(state["rng"], self.shuffle)
+        # Restored from a checkpoint newer than the one the reporter was handed (its records lag):
+        # report the epochs it has not seen again, so no epoch is missing from the results.
+        replay_after = getattr(self.reporter, "replay_after", None)
+        if replay_after is not None:
+            for row in self.history:
+                if row["epoch"] > replay_after:
+                    self.reporter.report(dict(row), None)
 
     def _apply_optimizer_params(self) -> None:
         settings = comp.params_for("optimizer", self.params)
@@ -219,6 +229,7 @@ class Trial:
             if patience is not None and self.bad_epochs >= patience:
                 self.stopped_early = True
         metrics["early_stopped"] = int(self.stopped_early)
+        self.history.append({k: v for k, v in metrics.items()})
         stop = diverged or self.stopped_early
         due = stop or self.epoch >= self.max_epochs or self.epoch % self.config.checkpoint.every == 0
         if due and not diverged:

@@ -471,6 +471,7 @@ def _state(model=None, epoch=3, **changes):
         "rng": ckpt.capture_rng(torch.Generator().manual_seed(5)),
         "params": {"optimizer__lr": 0.01, "module__hidden": 4, "optimizer": "adam"},
         "trial_seed": 1234,
+        "history": [{"epoch": 1, "val_loss": 0.5}, {"epoch": 2, "val_loss": 0.25}],
     }
     state.update(changes)
     return state
