@@ -25,6 +25,8 @@ os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_
 import ray  # noqa: E402
 from ray import tune  # noqa: E402
 
+from ray.tune.logger import JsonLoggerCallback  # noqa: E402
+
 from . import space as sp  # noqa: E402
 from .exceptions import ConfigError, ResourceError  # noqa: E402
 
@@ -343,7 +345,8 @@ HISTORY_FILE = "history.jsonl"
 
 
 class HistoryCallback(tune.Callback):
-    """Appends every result a trial reports to ``trial_<id>/history.jsonl`` as it arrives.
+    """Appends every result a trial reports to ``trial_<id>/history.jsonl`` as it arrives, and
+    writes the TensorBoard files (see :mod:`raytune_torch.tensorboard`).
 
     One line per epoch, flushed at once, in the driver: a row is on disk before anything else
     (a scheduler decision, a failure, a driver crash) can lose it. ``results.parquet`` is built
@@ -352,8 +355,22 @@ class HistoryCallback(tune.Callback):
 
     KEYS = ("epoch", "trial_id", "pid", "node_ip", "time_total_s")
 
-    def __init__(self, metric_names: tuple[str, ...]) -> None:
-        self.metric_names = tuple(metric_names)
+    def __init__(self, config: Any) -> None:
+        self.metric_names = tuple(config.metric_names)
+        self.tensorboard = None
+        if config.tensorboard:
+            from .tensorboard import TensorBoardLogger
+
+            self.tensorboard = TensorBoardLogger(config.space, self.metric_names, config.train.max_epochs)
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        if self.tensorboard is not None:
+            from .tensorboard import TensorBoardLogger
+
+            tb = self.tensorboard
+            state["tensorboard"] = TensorBoardLogger(tb.space, tb.metric_names, tb.max_epochs)
+        return state
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         import json
@@ -362,8 +379,26 @@ class HistoryCallback(tune.Callback):
         row.update({k: result[k] for k in result if k in _EXTRA_KEYS})
         directory = trial.path
         os.makedirs(directory, exist_ok=True)
-        with open(os.path.join(directory, HISTORY_FILE), "a") as fh:
+        path = os.path.join(directory, HISTORY_FILE)
+        with open(path, "a") as fh:
             fh.write(json.dumps(row) + "\n")
+        if self.tensorboard is not None and "epoch" in row:
+            self.tensorboard.start_run(os.path.dirname(directory.rstrip("/")))
+            self.tensorboard.log_epoch(directory, trial.config or {}, row)
+
+    def _end(self, trial: Any, failed: bool) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.end_trial(trial.path, trial.last_result or {}, failed)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._end(trial, failed=False)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._end(trial, failed=True)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()
 
 
 _EXTRA_KEYS = ("lr", "epoch_time_s", "samples_per_s", "trial_seed", "diverged", "early_stopped")
@@ -432,9 +467,10 @@ def run_tuner(config: Any, data: Any, *, run_dir_parent: str, callbacks: list) -
         failure_config=tune.FailureConfig(max_failures=config.max_failures),
         verbose=0,
         log_to_file=True,
-        # Ray's JSON/CSV/TensorBoard loggers are off (TUNE_DISABLE_AUTO_CALLBACK_LOGGERS): the
-        # history callback writes what results need, and comes first so no row can be lost.
-        callbacks=[HistoryCallback(config.metric_names), *callbacks],
+        # Ray's CSV and TensorBoard loggers are off (TUNE_DISABLE_AUTO_CALLBACK_LOGGERS); its JSON
+        # logger stays for Ray's own tools. The history callback writes what results need and
+        # comes first, so no row can be lost.
+        callbacks=[HistoryCallback(config), JsonLoggerCallback(), *callbacks],
     )
     tuner = tune.Tuner(ray_trainable(config, data), param_space=param_space(config.space, config.search.algorithm),
                        tune_config=tune_config, run_config=run_config)

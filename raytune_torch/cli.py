@@ -1,4 +1,4 @@
-"""``raytune-torch``: run, resume, validate, results.
+"""``raytune-torch``: run, resume, validate, results, tensorboard.
 
 Exit status: 0 success; 2 bad input (the experiment, its data or resources; every problem is
 listed and nothing was started); 1 any other failure.
@@ -63,6 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", default=None, help="join this Ray cluster instead of starting one")
     p.add_argument("--quiet", action="store_true")
 
+    p = sub.add_parser("tensorboard", help="start TensorBoard for a run directory (127.0.0.1 by default)")
+    p.add_argument("run_dir")
+    p.add_argument("--port", type=int, default=6006)
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on; anything but loopback exposes the run to the network on purpose")
+
     p = sub.add_parser("results", help="show the best trial and a top-k table of a run directory")
     p.add_argument("run_dir")
     p.add_argument("--top", type=int, default=5, help="how many trials to list (default 5)")
@@ -89,6 +95,50 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 
     resume(args.run_dir, address=args.address, quiet=args.quiet)
     return 0
+
+
+def _cmd_tensorboard(args: argparse.Namespace) -> int:
+    import os
+    import time
+    import urllib.request
+
+    from .exceptions import ResultsError
+    from .tensorboard import serve
+
+    if not os.path.isdir(args.run_dir):
+        raise ResultsError(f"run directory {args.run_dir!r} does not exist; give STORAGE/NAME of a run")
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"raytune-torch: warning: TensorBoard listens on {args.host}: anyone who can reach this machine "
+              f"can read the run", file=sys.stderr)
+    import tempfile
+
+    log = tempfile.TemporaryFile(mode="w+")
+    proc = serve(args.run_dir, host=args.host, port=args.port, log=log)
+    shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+    url = f"http://{shown}:{args.port}/"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                log.seek(0)
+                err = log.read()
+                print(f"raytune-torch: TensorBoard exited: {err.strip()[-2000:]}", file=sys.stderr)
+                return 1
+            try:
+                urllib.request.urlopen(url + "data/runs", timeout=2).read()
+                break
+            except OSError:
+                time.sleep(0.3)
+        print(f"TensorBoard for {args.run_dir} at {url} (#hparams for the table of all trials; Ctrl-C to stop)",
+              flush=True)
+        return proc.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=10)
+        log.close()
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -137,7 +187,7 @@ def _cmd_results(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler = {"run": _cmd_run, "resume": _cmd_resume, "validate": _cmd_validate,
-               "results": _cmd_results}[args.command]
+               "results": _cmd_results, "tensorboard": _cmd_tensorboard}[args.command]
     try:
         return handler(args)
     except (ConfigError, PreflightError, ResourceError) as exc:

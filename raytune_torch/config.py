@@ -175,6 +175,7 @@ class ExperimentConfig:
     resources: ResourcesConfig = ResourcesConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     max_failures: int = 2
+    tensorboard: bool = True
     import_paths: tuple[str, ...] = ()
 
     @property
@@ -468,7 +469,8 @@ def _check_pbt(space: Mapping[str, Any], search: SearchConfig, scheduler: Schedu
 def _parse(raw: Mapping, source: str | None) -> ExperimentConfig:
     problems: list[str] = []
     allowed = ["name", "seed", "storage", "task", "data", "model", "optimizer", "loss", "lr_scheduler",
-               "train", "space", "search", "scheduler", "resources", "checkpoint", "max_failures", "import_paths"]
+               "train", "space", "search", "scheduler", "resources", "checkpoint", "max_failures", "tensorboard",
+               "import_paths"]
     _unknown("experiment", raw, allowed, problems)
     name = raw.get("name")
     if not isinstance(name, str) or not name.strip() or "/" in name or name in (".", ".."):
@@ -533,6 +535,9 @@ def _parse(raw: Mapping, source: str | None) -> ExperimentConfig:
     if isinstance(import_paths, str) or not isinstance(import_paths, (list, tuple)):
         problems.append(f"import_paths: must be a list of directories, got {import_paths!r}")
         import_paths = ()
+    tensorboard = raw.get("tensorboard", True)
+    if not isinstance(tensorboard, bool):
+        problems.append(f"tensorboard: must be true or false, got {tensorboard!r}")
     if problems:
         raise ConfigError(problems, source=source)
     return ExperimentConfig(
@@ -540,7 +545,7 @@ def _parse(raw: Mapping, source: str | None) -> ExperimentConfig:
         optimizer=optimizer, loss=loss, lr_scheduler=lr_scheduler, train=train, space=space,
         search=search, scheduler=scheduler,
         resources=ResourcesConfig(cpu=cpu, gpu=gpu), checkpoint=CheckpointConfig(every=every, keep=keep),
-        max_failures=max_failures if max_failures is not None else 2,
+        max_failures=max_failures if max_failures is not None else 2, tensorboard=tensorboard,
         import_paths=tuple(str(p) for p in import_paths),
     )
 
@@ -638,6 +643,7 @@ def config_to_dict(config: ExperimentConfig) -> dict[str, Any]:
     out["resources"] = asdict(config.resources)
     out["checkpoint"] = asdict(config.checkpoint)
     out["max_failures"] = config.max_failures
+    out["tensorboard"] = config.tensorboard
     if config.import_paths:
         out["import_paths"] = list(config.import_paths)
     return out

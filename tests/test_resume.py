@@ -146,6 +146,14 @@ def test_driver_killed_mid_run_then_resume_finishes_every_trial_once(experiment,
     np.testing.assert_array_equal(table.sort_values(key)[["val_loss", "trial_seed"]].to_numpy(),
                                   clean.sort_values(key)[["val_loss", "trial_seed"]].to_numpy())
 
+    # TensorBoard curves continue across the crash: every epoch once, no duplicate steps.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    for trial_id in table["trial_id"].unique():
+        acc = EventAccumulator(str(run_dir / f"trial_{trial_id}"), size_guidance={"scalars": 0})
+        acc.Reload()
+        assert [e.step for e in acc.Scalars("loss/val")] == [1, 2, 3, 4, 5], trial_id
+
     with pytest.raises(rt.ResultsError, match="already finished"):
         resume(run_dir, quiet=True)
 
