@@ -331,9 +331,18 @@ def _train_function(params: dict[str, Any], config: Any = None, data: Any = None
     run_trial(params, config, data, RayReporter(), cpus=res.cpu, gpu_share=res.gpu)
 
 
-def ray_trainable(config: Any, data: Any) -> Any:
-    """The Tune trainable: data goes to the object store once (``tune.with_parameters``)."""
-    trainable = tune.with_parameters(_train_function, config=config, data=data)
+def _cv_train_function(params: dict[str, Any], config: Any = None, data: Any = None) -> None:
+    from .search_cv import run_cv_trial
+
+    run_cv_trial(params, data, RayReporter(), cpus=config.resources.cpu)
+
+
+def ray_trainable(config: Any, data: Any, kind: str = "experiment") -> Any:
+    """The Tune trainable: data goes to the object store once (``tune.with_parameters``).
+
+    ``kind`` is "experiment" (one model per trial) or "cv" (TorchSearchCV: k folds per trial)."""
+    function = _cv_train_function if kind == "cv" else _train_function
+    trainable = tune.with_parameters(function, config=config, data=data)
     return tune.with_resources(trainable, {"cpu": config.resources.cpu, "gpu": config.resources.gpu})
 
 
@@ -355,8 +364,8 @@ class HistoryCallback(tune.Callback):
 
     KEYS = ("epoch", "trial_id", "pid", "node_ip", "time_total_s")
 
-    def __init__(self, config: Any) -> None:
-        self.metric_names = tuple(config.metric_names)
+    def __init__(self, config: Any, metric_names: tuple[str, ...] | None = None) -> None:
+        self.metric_names = tuple(metric_names or config.metric_names)
         self.tensorboard = None
         if config.tensorboard:
             from .tensorboard import TensorBoardLogger
@@ -407,8 +416,9 @@ _EXTRA_KEYS = ("lr", "epoch_time_s", "samples_per_s", "trial_seed", "diverged", 
 class ConsoleCallback(tune.Callback):
     """One line per finished trial instead of Ray's pages of logs."""
 
-    def __init__(self, metric: str, total: int, stream: Any = None) -> None:
+    def __init__(self, metric: str, total: int, stream: Any = None, max_epochs: int | None = None) -> None:
         self.metric = metric
+        self.max_epochs = max_epochs
         self.total = total
         self.done = 0
         self.stream = stream
@@ -428,7 +438,8 @@ class ConsoleCallback(tune.Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         last = trial.last_result or {}
-        status = "diverged" if last.get("diverged") else "early-stopped" if last.get("early_stopped") else "done"
+        status = "diverged" if last.get("diverged") else "early-stopped" if last.get("early_stopped") else \
+            "pruned" if self.max_epochs and last.get("epoch", 0) < self.max_epochs else "done"
         self._line(trial, status)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -439,8 +450,10 @@ def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def run_tuner(config: Any, data: Any, *, run_dir_parent: str, callbacks: list) -> Any:
-    """Build and fit the Tuner; returns Ray's ResultGrid."""
+def run_tuner(config: Any, data: Any, *, run_dir_parent: str, callbacks: list, kind: str = "experiment",
+              metric_names: tuple[str, ...] | None = None) -> Any:
+    """Build and fit the Tuner; returns Ray's ResultGrid. ``metric_names``: what trials report
+    (default: the experiment's), for history.jsonl and TensorBoard."""
     plan = build_search(config)
     scheduler = build_scheduler(config)
     tune_config = tune.TuneConfig(
@@ -470,9 +483,9 @@ def run_tuner(config: Any, data: Any, *, run_dir_parent: str, callbacks: list) -
         # Ray's CSV and TensorBoard loggers are off (TUNE_DISABLE_AUTO_CALLBACK_LOGGERS); its JSON
         # logger stays for Ray's own tools. The history callback writes what results need and
         # comes first, so no row can be lost.
-        callbacks=[HistoryCallback(config), JsonLoggerCallback(), *callbacks],
+        callbacks=[HistoryCallback(config, metric_names), JsonLoggerCallback(), *callbacks],
     )
-    tuner = tune.Tuner(ray_trainable(config, data), param_space=param_space(config.space, config.search.algorithm),
+    tuner = tune.Tuner(ray_trainable(config, data, kind), param_space=param_space(config.space, config.search.algorithm),
                        tune_config=tune_config, run_config=run_config)
     return tuner.fit()
 

@@ -10,7 +10,7 @@ Layout under the run directory (``tensorboard --logdir RUN_DIR``)::
                                               its session-end info when it ends
 
 Scalar tags: ``loss/train``, ``loss/val``, ``metrics/<name>``, ``lr``, ``epoch_time_s``,
-``samples_per_s``, and ``trial/stopped_early`` (1 when a scheduler or early stopping ended the trial
+``samples_per_s`` (``cv/mean_test_<metric>``, ``cv/std_test_<metric>`` for TorchSearchCV), and ``trial/stopped_early`` (1 when a scheduler or early stopping ended the trial
 before ``max_epochs``) at the trial's end. Written by the driver as results arrive, so a trial's
 epoch is never slowed by logging; each epoch is flushed once (not once per scalar). An epoch
 already logged (a trial restarted from a checkpoint reports it again) is not written twice.
@@ -44,6 +44,9 @@ def tag_for(key: str) -> str | None:
         return SCALAR_TAGS[key]
     if key.startswith("val_"):
         return f"metrics/{key[4:]}"
+    for prefix in ("mean_test_", "std_test_", "mean_train_", "std_train_"):  # TorchSearchCV fold statistics
+        if key.startswith(prefix):
+            return f"cv/{prefix}{key[len(prefix):]}"
     return None
 
 

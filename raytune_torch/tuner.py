@@ -95,7 +95,8 @@ def run(source: str | os.PathLike | dict | ExperimentConfig, *, address: str | N
         _echo(f"raytune-torch: Ray with {cluster['cpus']:g} CPU(s), {cluster['gpus']:g} GPU(s) on "
               f"{cluster['nodes']} node(s); each trial {{cpu: {config.resources.cpu:g}, gpu: {config.resources.gpu:g}}}",
               quiet)
-        console = [] if quiet else [_ray.ConsoleCallback(config.search.metric, plan.total)]
+        console = [] if quiet else [_ray.ConsoleCallback(config.search.metric, plan.total,
+                                                            max_epochs=config.train.max_epochs)]
         grid = _ray.run_tuner(config, data, run_dir_parent=storage, callbacks=[*console, *(callbacks or [])])
         write_results(run_dir, config, data, grid)
     finally:
