@@ -276,13 +276,36 @@ class RayReporter:
     def checkpoint_dir(self):
         checkpoint = tune.get_checkpoint()
         if checkpoint is None:
-            yield None
+            # Ray's saved state may predate the trial's first checkpoint (driver killed): look on
+            # storage for checkpoints of this trial all the same.
+            checkpoint = _own_checkpoint_on_storage(self.trial_id)
+            if checkpoint is None:
+                yield None
+                return
+            self.replay_after = 0
+            with checkpoint.as_directory() as directory:
+                yield directory
             return
         newest, given_epoch = _newest_own_checkpoint(checkpoint, self.trial_id)
         if newest is not checkpoint:
             self.replay_after = given_epoch
         with newest.as_directory() as directory:
             yield directory
+
+
+def _own_checkpoint_on_storage(trial_id: str) -> Any:
+    """The newest complete checkpoint in this trial's storage folder, or None."""
+    from ray.train._internal.session import get_session
+
+    storage = getattr(get_session(), "storage", None)
+    if storage is None:
+        return None
+    fs, trial_path = storage.storage_filesystem, storage.trial_fs_path.rstrip("/")
+    if trial_path.rsplit("/", 1)[-1] != f"trial_{trial_id}":
+        return None
+    # A placeholder inside the folder lets _newest_own_checkpoint scan its siblings.
+    found, epoch = _newest_own_checkpoint(tune.Checkpoint(f"{trial_path}/checkpoint_none", filesystem=fs), trial_id)
+    return None if found.path.endswith("/checkpoint_none") else found
 
 
 def _newest_own_checkpoint(checkpoint: Any, trial_id: str) -> tuple[Any, int]:
@@ -366,6 +389,14 @@ class HistoryCallback(tune.Callback):
 
     def __init__(self, config: Any, metric_names: tuple[str, ...] | None = None) -> None:
         self.metric_names = tuple(metric_names or config.metric_names)
+        # The disk budget during the run (Ray keeps every checkpoint: its own num_to_keep forces an
+        # experiment-state snapshot per checkpoint, which dominated small trials). PBT copies
+        # donors' checkpoints later, so it keeps all until the end (results prunes them then).
+        self.prune = config.scheduler.name != "pbt"
+        self.keep = config.checkpoint.keep
+        self.metric, self.mode = config.search.metric, config.search.mode
+        self._checkpoints: dict[str, list[tuple[float, str]]] = {}
+        self._logged: dict[str, set] = {}
         self.tensorboard = None
         if config.tensorboard:
             from .tensorboard import TensorBoardLogger
@@ -389,11 +420,36 @@ class HistoryCallback(tune.Callback):
         directory = trial.path
         os.makedirs(directory, exist_ok=True)
         path = os.path.join(directory, HISTORY_FILE)
-        with open(path, "a") as fh:
-            fh.write(json.dumps(row) + "\n")
+        logged = self._logged.get(path)
+        if logged is None:  # first word from this trial in this driver: a resumed run has lines already
+            logged = self._logged[path] = _history_epochs(path)
+        if row.get("epoch") not in logged:  # a restarted trial reports its restored epochs again
+            with open(path, "a") as fh:
+                fh.write(json.dumps(row) + "\n")
+            logged.add(row.get("epoch"))
         if self.tensorboard is not None and "epoch" in row:
             self.tensorboard.start_run(os.path.dirname(directory.rstrip("/")))
             self.tensorboard.log_epoch(directory, trial.config or {}, row)
+        name = result.get("checkpoint_dir_name")
+        if self.prune and name:
+            self._budget(trial.trial_id, os.path.join(directory, name), result.get(self.metric))
+
+    def _budget(self, trial_id: str, path: str, value: Any) -> None:
+        """Keep the ``keep`` best checkpoints of the trial plus the latest; prune the others."""
+        import math
+
+        from .checkpoint import prune
+
+        seen = self._checkpoints.setdefault(trial_id, [])
+        finite = isinstance(value, (int, float)) and math.isfinite(value)
+        score = (value if self.mode == "max" else -value) if finite else -math.inf
+        seen.append((score, path))
+        best = sorted(seen, key=lambda sp_: sp_[0], reverse=True)[: self.keep]
+        kept = {p for _, p in best} | {path}
+        for _, old in list(seen):
+            if old not in kept:
+                prune(old)
+        self._checkpoints[trial_id] = [(sc, p) for sc, p in seen if p in kept]
 
     def _end(self, trial: Any, failed: bool) -> None:
         if self.tensorboard is not None:
@@ -408,6 +464,22 @@ class HistoryCallback(tune.Callback):
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         if self.tensorboard is not None:
             self.tensorboard.close()
+
+
+def _history_epochs(path: str) -> set:
+    import json
+
+    epochs = set()
+    try:
+        with open(path) as fh:
+            for line in fh:
+                try:
+                    epochs.add(json.loads(line).get("epoch"))
+                except (ValueError, AttributeError):
+                    continue  # a line cut short by a crash
+    except FileNotFoundError:
+        pass
+    return epochs
 
 
 _EXTRA_KEYS = ("lr", "epoch_time_s", "samples_per_s", "trial_seed", "diverged", "early_stopped")
@@ -471,9 +543,9 @@ def run_tuner(config: Any, data: Any, *, run_dir_parent: str, callbacks: list, k
         name=config.name,
         storage_path=run_dir_parent,
         checkpoint_config=tune.CheckpointConfig(
-            # PBT copies a donor's checkpoint into another trial later on: keep them all until the
-            # run ends (results.write_results then prunes every trial to the budget).
-            num_to_keep=None if config.scheduler.name == "pbt" else config.checkpoint.keep,
+            # Ray keeps every checkpoint; HistoryCallback applies the disk budget as results arrive
+            # (and results.write_results at the end).
+            num_to_keep=None,
             checkpoint_score_attribute=config.search.metric,
             checkpoint_score_order=config.search.mode,
         ),

@@ -22,11 +22,13 @@ import torch
 
 from .exceptions import CheckpointError
 
-__all__ = ["FORMAT", "STATE_KEYS", "save_state", "load_state", "capture_rng", "restore_rng", "read_meta"]
+__all__ = ["FORMAT", "STATE_KEYS", "save_state", "load_state", "capture_rng", "restore_rng", "read_meta",
+           "prune", "is_complete"]
 
 FORMAT = "raytune_torch/1"
 STATE_FILE = "state.pt"
 META_FILE = "state.json"
+PRUNED_FILE = "PRUNED"
 STATE_KEYS = frozenset({
     "format", "epoch", "model", "optimizer", "lr_scheduler", "scaler", "early_stopping", "rng",
     "params", "trial_seed", "history",
@@ -89,6 +91,9 @@ def read_meta(directory: str | os.PathLike) -> dict[str, Any]:
     """The ``state.json`` of a checkpoint directory, checked against ``state.pt``."""
     directory = Path(directory)
     meta_path, state_path = directory / META_FILE, directory / STATE_FILE
+    if (directory / PRUNED_FILE).is_file():
+        raise CheckpointError(f"checkpoint {str(directory)!r} was pruned by the disk budget (checkpoint.keep); "
+                              f"use a kept one (the best or the latest of its trial)")
     if not state_path.is_file():
         raise CheckpointError(f"checkpoint {str(directory)!r} has no {STATE_FILE}; it is not a raytune_torch checkpoint or was not finished")
     if not meta_path.is_file():
@@ -106,6 +111,23 @@ def read_meta(directory: str | os.PathLike) -> dict[str, Any]:
             f"{meta.get('bytes')} expected, or the SHA-256 differs)"
         )
     return meta
+
+
+def prune(directory: str | os.PathLike) -> None:
+    """Free a checkpoint's space but leave its directory (a marker and ``state.json``).
+
+    Used during a run: Ray's saved experiment state may still name this checkpoint, and Ray
+    refuses to restore a trial from a directory that is gone; the trial itself then resumes
+    from its newest complete checkpoint instead. The directories go when the run ends.
+    """
+    directory = Path(directory)
+    (directory / PRUNED_FILE).write_text("pruned by the disk budget\n")
+    (directory / STATE_FILE).unlink(missing_ok=True)
+
+
+def is_complete(directory: str | os.PathLike) -> bool:
+    directory = Path(directory)
+    return (directory / STATE_FILE).is_file() and not (directory / PRUNED_FILE).exists()
 
 
 def load_state(directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

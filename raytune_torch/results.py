@@ -148,8 +148,10 @@ def _checkpoint_dirs(result: Any) -> list[Any]:
 
 def _ranked_checkpoints(result: Any, metric: str, mode: str) -> list[str]:
     """The trial's checkpoints with a finite metric, best first."""
+    from .checkpoint import is_complete
+
     candidates = [(c.path, m[metric]) for c, m in (result.best_checkpoints or [])
-                  if isinstance(m.get(metric), (int, float)) and math.isfinite(m[metric])]
+                  if isinstance(m.get(metric), (int, float)) and math.isfinite(m[metric]) and is_complete(c.path)]
     candidates.sort(key=lambda pv: pv[1], reverse=mode == "max")
     return [p for p, _ in candidates]
 
