@@ -17,6 +17,8 @@ from .exceptions import (
     ResultsError,
 )
 from .results import TuneResult
+from .search_cv import TorchSearchCV
+from .sklearn import TorchClassifier, TorchRegressor
 from .space import Choice, Float, Grid, Int
 from .tuner import resume, run
 
@@ -28,6 +30,9 @@ __all__ = [
     "load_config",
     "ExperimentConfig",
     "TuneResult",
+    "TorchClassifier",
+    "TorchRegressor",
+    "TorchSearchCV",
     "Float",
     "Int",
     "Choice",

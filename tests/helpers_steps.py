@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import time
+import uuid
+
+import numpy as np
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.preprocessing import StandardScaler
 
 from raytune_torch.loop import default_step
 
@@ -22,3 +28,20 @@ def failing_step(ctx, xb, yb):
     if ctx.optimizer.param_groups[0]["lr"] == 0.03 and _calls > 15:
         raise RuntimeError("injected failure for lr=0.03")
     return default_step(ctx, xb, yb)
+
+
+class RecordingScaler(BaseEstimator, TransformerMixin):
+    """A StandardScaler that writes the row ids (column 0) it was fitted on to a folder."""
+
+    def __init__(self, folder: str = "") -> None:
+        self.folder = folder
+
+    def fit(self, X, y=None):
+        X = np.asarray(X)
+        np.save(os.path.join(self.folder, f"{uuid.uuid4().hex}.npy"), X[:, 0])
+        self.scaler_ = StandardScaler().fit(X[:, 1:])
+        return self
+
+    def transform(self, X):
+        X = np.asarray(X)
+        return self.scaler_.transform(X[:, 1:]).astype(np.float32)
