@@ -347,25 +347,43 @@ def _newest_own_checkpoint(checkpoint: Any, trial_id: str) -> tuple[Any, int]:
     return tune.Checkpoint(best_path, filesystem=fs), given_epoch
 
 
-def _train_function(params: dict[str, Any], config: Any = None, data: Any = None) -> None:
+class SharedData:
+    """Data in Ray's object store: one copy, read as zero-copy views by every trial on the node
+    and by the driver (which then drops its own arrays)."""
+
+    def __init__(self, data: Any) -> None:
+        self.ref = ray.put(data)
+
+    def get(self) -> Any:
+        return ray.get(self.ref)
+
+
+def share(data: Any) -> tuple[SharedData, Any]:
+    """Put ``data`` in the object store; returns the handle and the driver's zero-copy view."""
+    shared = SharedData(data)
+    return shared, shared.get()
+
+
+def _train_function(params: dict[str, Any], config: Any = None, shared: Any = None) -> None:
     from .trainable import run_trial
 
     res = config.resources
-    run_trial(params, config, data, RayReporter(), cpus=res.cpu, gpu_share=res.gpu)
+    run_trial(params, config, shared.get(), RayReporter(), cpus=res.cpu, gpu_share=res.gpu)
 
 
-def _cv_train_function(params: dict[str, Any], config: Any = None, data: Any = None) -> None:
+def _cv_train_function(params: dict[str, Any], config: Any = None, shared: Any = None) -> None:
     from .search_cv import run_cv_trial
 
-    run_cv_trial(params, data, RayReporter(), cpus=config.resources.cpu)
+    run_cv_trial(params, shared.get(), RayReporter(), cpus=config.resources.cpu)
 
 
-def ray_trainable(config: Any, data: Any, kind: str = "experiment") -> Any:
-    """The Tune trainable: data goes to the object store once (``tune.with_parameters``).
+def ray_trainable(config: Any, shared: SharedData, kind: str = "experiment") -> Any:
+    """The Tune trainable. The data was put in the object store once (:func:`share`); trials
+    get it by reference, not pickled into each trial.
 
     ``kind`` is "experiment" (one model per trial) or "cv" (TorchSearchCV: k folds per trial)."""
     function = _cv_train_function if kind == "cv" else _train_function
-    trainable = tune.with_parameters(function, config=config, data=data)
+    trainable = tune.with_parameters(function, config=config, shared=shared)
     return tune.with_resources(trainable, {"cpu": config.resources.cpu, "gpu": config.resources.gpu})
 
 
@@ -522,7 +540,7 @@ def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def run_tuner(config: Any, data: Any, *, run_dir_parent: str, callbacks: list, kind: str = "experiment",
+def run_tuner(config: Any, shared: SharedData, *, run_dir_parent: str, callbacks: list, kind: str = "experiment",
               metric_names: tuple[str, ...] | None = None) -> Any:
     """Build and fit the Tuner; returns Ray's ResultGrid. ``metric_names``: what trials report
     (default: the experiment's), for history.jsonl and TensorBoard."""
@@ -557,7 +575,7 @@ def run_tuner(config: Any, data: Any, *, run_dir_parent: str, callbacks: list, k
         # comes first, so no row can be lost.
         callbacks=[HistoryCallback(config, metric_names), JsonLoggerCallback(), *callbacks],
     )
-    tuner = tune.Tuner(ray_trainable(config, data, kind), param_space=param_space(config.space, config.search.algorithm),
+    tuner = tune.Tuner(ray_trainable(config, shared, kind), param_space=param_space(config.space, config.search.algorithm),
                        tune_config=tune_config, run_config=run_config)
     return tuner.fit()
 
@@ -566,9 +584,9 @@ def can_restore(run_dir: str) -> bool:
     return tune.Tuner.can_restore(run_dir)
 
 
-def restore_tuner(run_dir: str, config: Any, data: Any) -> Any:
+def restore_tuner(run_dir: str, config: Any, shared: SharedData) -> Any:
     """Continue an interrupted experiment: finished trials stay finished, unfinished and errored
     ones continue from their newest checkpoints. Returns Ray's ResultGrid."""
-    tuner = tune.Tuner.restore(run_dir, trainable=ray_trainable(config, data), resume_unfinished=True,
+    tuner = tune.Tuner.restore(run_dir, trainable=ray_trainable(config, shared), resume_unfinished=True,
                                resume_errored=True, restart_errored=False)
     return tuner.fit()

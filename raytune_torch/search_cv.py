@@ -407,7 +407,9 @@ class TorchSearchCV:
         try:
             _ray.check_resources(config.resources.cpu, config.resources.gpu, None)
             callbacks = [_ray.ConsoleCallback(metric, _ray.build_search(config).total)] if self.verbose else []
-            result_grid = _ray.run_tuner(config, spec, run_dir_parent=storage, callbacks=callbacks, kind="cv",
+            shared, _ = _ray.share(spec)
+            del spec
+            result_grid = _ray.run_tuner(config, shared, run_dir_parent=storage, callbacks=callbacks, kind="cv",
                                          metric_names=metric_names)
         finally:
             if owned:

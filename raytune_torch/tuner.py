@@ -95,9 +95,10 @@ def run(source: str | os.PathLike | dict | ExperimentConfig, *, address: str | N
         _echo(f"raytune-torch: Ray with {cluster['cpus']:g} CPU(s), {cluster['gpus']:g} GPU(s) on "
               f"{cluster['nodes']} node(s); each trial {{cpu: {config.resources.cpu:g}, gpu: {config.resources.gpu:g}}}",
               quiet)
+        shared, data = _ray.share(data)  # the driver keeps a view of the stored copy, not its own
         console = [] if quiet else [_ray.ConsoleCallback(config.search.metric, plan.total,
                                                             max_epochs=config.train.max_epochs)]
-        grid = _ray.run_tuner(config, data, run_dir_parent=storage, callbacks=[*console, *(callbacks or [])])
+        grid = _ray.run_tuner(config, shared, run_dir_parent=storage, callbacks=[*console, *(callbacks or [])])
         write_results(run_dir, config, data, grid)
     finally:
         if owned:
@@ -134,7 +135,8 @@ def resume(run_dir: str | os.PathLike, *, address: str | None = None, quiet: boo
     owned = _ray.connect(address) if address else _ray.start_local()
     try:
         _ray.check_resources(config.resources.cpu, config.resources.gpu, config.search.max_concurrent)
-        grid = _ray.restore_tuner(run_dir, config, data)
+        shared, data = _ray.share(data)
+        grid = _ray.restore_tuner(run_dir, config, shared)
         write_results(run_dir, config, data, grid)
     finally:
         if owned:
