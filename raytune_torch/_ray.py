@@ -98,7 +98,7 @@ def _cuda_count() -> int:
         return 0
 
 
-def check_resources(cpu: float, gpu: float, max_concurrent: int | None) -> dict[str, Any]:
+def check_resources(cpu: float, gpu: float) -> dict[str, Any]:
     """Fail before launch when no alive node can hold one trial. Returns what the cluster has."""
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     best = max(((n["Resources"].get("CPU", 0.0), n["Resources"].get("GPU", 0.0)) for n in nodes),

@@ -71,7 +71,7 @@ def _to_numpy(value: Any, what: str) -> np.ndarray:
         value = value.to_numpy()
     array = np.asarray(value)
     if array.dtype == object and what == "X":
-        raise PreflightError(f"data: the features are not numeric (dtype object); convert them to numbers first")
+        raise PreflightError("data: the features are not numeric (dtype object); convert them to numbers first")
     return array
 
 

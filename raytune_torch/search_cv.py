@@ -12,12 +12,11 @@ inner split of its *training* part, never on the fold's validation part.
 from __future__ import annotations
 
 import math
-import numbers
 import os
 import time
 import warnings
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -336,7 +335,7 @@ class TorchSearchCV:
 
     def _experiment(self, space: dict, search: str, metric: str, max_epochs: int, num_samples: int) -> Any:
         from .config import (CheckpointConfig, ComponentConfig, DataConfig, ExperimentConfig, ResourcesConfig,
-                             SchedulerConfig, SearchConfig, TrainConfig, load_config)
+                             SearchConfig, TrainConfig, load_config)
 
         scheduler = self.scheduler if isinstance(self.scheduler, Mapping) else {"name": self.scheduler}
         # Validate the scheduler options through the experiment-file rules.
@@ -360,10 +359,8 @@ class TorchSearchCV:
         from sklearn.base import clone, is_classifier
         from sklearn.model_selection import ParameterGrid, check_cv
         from sklearn.utils import indexable
-        from sklearn.utils.validation import _num_samples
 
         from . import _ray
-        from .results import TuneResult  # noqa: F401  (same run-directory layout)
 
         X, y, groups = indexable(X, y, groups)
         final = self.estimator.steps[-1][1] if hasattr(self.estimator, "steps") else self.estimator
@@ -376,15 +373,13 @@ class TorchSearchCV:
         splits = list(cv.split(X, y, groups))
         grid = _is_grid(self.params)
         search = self.search or ("grid" if grid else "random")
-        candidates = None
+        candidates = candidates_for_trials = None
         if grid and search == "grid":
             candidates = list(ParameterGrid(self.params))
-            single = isinstance(self.params, Mapping)
-            space = ({k: sp.Grid(list(v)) for k, v in self.params.items()} if single
-                     else {"__candidate__": sp.Grid(list(range(len(candidates))))})
-            if single:
-                candidates_for_trials = None
-            else:
+            if isinstance(self.params, Mapping):  # one grid: trials carry the parameters themselves
+                space = {k: sp.Grid(list(v)) for k, v in self.params.items()}
+            else:  # a list of grids: trials carry an index into the candidates
+                space = {"__candidate__": sp.Grid(list(range(len(candidates))))}
                 candidates_for_trials = candidates
         else:
             if not isinstance(self.params, Mapping):
@@ -405,7 +400,7 @@ class TorchSearchCV:
         storage = os.path.abspath(config.storage)
         owned = _ray.start_local()
         try:
-            _ray.check_resources(config.resources.cpu, config.resources.gpu, None)
+            _ray.check_resources(config.resources.cpu, config.resources.gpu)
             callbacks = [_ray.ConsoleCallback(metric, _ray.build_search(config).total)] if self.verbose else []
             shared, _ = _ray.share(spec)
             del spec
@@ -467,7 +462,6 @@ class TorchSearchCV:
             results[f"param_{name}"] = column
         results["params"] = [p for _, p in trials]
         kinds = ["test", "train"] if self.return_train_score else ["test"]
-        failed = 0
         for kind in kinds:
             for metric in scorers:
                 for k in range(n_splits):

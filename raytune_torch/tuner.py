@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import sys
 import time
@@ -15,7 +13,6 @@ import yaml
 from . import space as sp
 from .config import ExperimentConfig, config_to_dict, load_config
 from .data import Splits, load_splits
-from .exceptions import ConfigError, PreflightError
 
 __all__ = ["run", "resume", "prepare"]
 
@@ -73,7 +70,6 @@ def run(source: str | os.PathLike | dict | ExperimentConfig, *, address: str | N
         ResourceError: no node can run one trial.
     """
     from . import _ray
-    from .results import TuneResult, write_results
 
     started = time.monotonic()
     config, data = prepare(source, **overrides)
@@ -89,16 +85,28 @@ def run(source: str | os.PathLike | dict | ExperimentConfig, *, address: str | N
           f"{config.train.max_epochs} epoch(s) max; data: {data.describe()}", quiet)
     if plan.note:
         _echo(f"raytune-torch: {plan.note}", quiet)
+    def tune(shared: Any) -> Any:
+        console = [] if quiet else [_ray.ConsoleCallback(config.search.metric, plan.total,
+                                                            max_epochs=config.train.max_epochs)]
+        return _ray.run_tuner(config, shared, run_dir_parent=storage, callbacks=[*console, *(callbacks or [])])
+
+    return _tune_on_ray(config, data, run_dir, address, quiet, started, tune)
+
+
+def _tune_on_ray(config: ExperimentConfig, data: Splits, run_dir: str, address: str | None, quiet: bool,
+                 started: float, tune: Any):
+    """Start (or join) Ray, check resources, share the data, tune, write the results, stop Ray."""
+    from . import _ray
+    from .results import TuneResult, write_results
+
     owned = _ray.connect(address) if address else _ray.start_local()
     try:
-        cluster = _ray.check_resources(config.resources.cpu, config.resources.gpu, config.search.max_concurrent)
+        cluster = _ray.check_resources(config.resources.cpu, config.resources.gpu)
         _echo(f"raytune-torch: Ray with {cluster['cpus']:g} CPU(s), {cluster['gpus']:g} GPU(s) on "
               f"{cluster['nodes']} node(s); each trial {{cpu: {config.resources.cpu:g}, gpu: {config.resources.gpu:g}}}",
               quiet)
         shared, data = _ray.share(data)  # the driver keeps a view of the stored copy, not its own
-        console = [] if quiet else [_ray.ConsoleCallback(config.search.metric, plan.total,
-                                                            max_epochs=config.train.max_epochs)]
-        grid = _ray.run_tuner(config, shared, run_dir_parent=storage, callbacks=[*console, *(callbacks or [])])
+        grid = tune(shared)
         write_results(run_dir, config, data, grid)
     finally:
         if owned:
@@ -117,7 +125,6 @@ def resume(run_dir: str | os.PathLike, *, address: str | None = None, quiet: boo
     """
     from . import _ray
     from .exceptions import ResultsError
-    from .results import TuneResult, write_results
 
     started = time.monotonic()
     run_dir = os.path.abspath(run_dir)
@@ -132,15 +139,5 @@ def resume(run_dir: str | os.PathLike, *, address: str | None = None, quiet: boo
                            f"(to tune again, run the experiment under a new --name)")
     config, data = prepare(saved)
     _echo(f"raytune-torch: resuming {config.name} from {run_dir}", quiet)
-    owned = _ray.connect(address) if address else _ray.start_local()
-    try:
-        _ray.check_resources(config.resources.cpu, config.resources.gpu, config.search.max_concurrent)
-        shared, data = _ray.share(data)
-        grid = _ray.restore_tuner(run_dir, config, shared)
-        write_results(run_dir, config, data, grid)
-    finally:
-        if owned:
-            _ray.shutdown()
-    result = TuneResult(run_dir)
-    _echo(result.summary(elapsed=time.monotonic() - started), quiet)
-    return result
+    return _tune_on_ray(config, data, run_dir, address, quiet, started,
+                        lambda shared: _ray.restore_tuner(run_dir, config, shared))

@@ -1,0 +1,78 @@
+"""Smoke test of the benchmark harness: ``benchmarks/run.py --quick`` runs every arm and writes a
+complete report. No timing assertions (the machine may be shared)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+ARMS = ("loop", "skorch_gridsearchcv", "optuna", "ray_tune_raw", "raytune_torch_grid", "raytune_torch_random",
+        "raytune_torch_asha")
+GRID_ARMS = ("loop", "skorch_gridsearchcv", "ray_tune_raw", "raytune_torch_grid", "raytune_torch_random")
+KEYS = ("arm", "workload", "wall_s", "ratio_to_fastest_peer", "speedup_vs_fastest_peer", "parallel_efficiency",
+        "per_trial_overhead_s", "best_val_accuracy", "epochs", "trials", "peak_rss_mb", "other_cpu_pct", "noisy")
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_quick_benchmark_reports_every_arm(tmp_path):
+    out = tmp_path / "tmp.json"
+    # Its own session, so that a timeout ends the whole tree (the arm's child and its Ray) by group.
+    proc = subprocess.Popen([sys.executable, "benchmarks/run.py", "--quick", "--out", str(out)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=400)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            stdout, stderr = proc.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            stdout, stderr = proc.communicate()
+        pytest.fail(f"benchmarks/run.py --quick took more than 400 s:\n{stdout[-3000:]}\n{stderr[-3000:]}")
+    assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
+    assert "| arm | workload | wall_s |" in stdout
+    report = json.loads(out.read_text())
+    assert {"machine", "arms", "data_sharing"} <= set(report)
+    assert report["machine"]["cores"] >= 1 and report["machine"]["torch"] and report["machine"]["ray"]
+
+    workload = report["settings"]["workloads"]["mlp"]
+    grid_size, epochs = workload["grid_size"], workload["epochs"]
+    assert (grid_size, epochs) == (4, 2)  # --quick: a 4-point grid, 2 epochs, mlp only
+    rows = {r["arm"]: r for r in report["arms"]}
+    assert set(rows) == set(ARMS) and len(report["arms"]) == len(ARMS)
+    for name, row in rows.items():
+        assert "error" not in row, (name, row.get("error"))
+        for key in KEYS:
+            value = row.get(key)
+            assert value is not None, (name, key)
+            if key in ("arm", "workload"):
+                assert isinstance(value, str)
+            elif key == "noisy":
+                assert isinstance(value, bool)
+            else:
+                assert isinstance(value, (int, float)) and math.isfinite(value), (name, key, value)
+        assert row["workload"] == "mlp"
+        assert row["speedup_vs_fastest_peer"] == pytest.approx(1 / row["ratio_to_fastest_peer"])
+        assert row["noisy"] == (row["other_cpu_pct"] > 15)
+        assert 0 < row["best_val_accuracy"] <= 1
+        assert row["peak_rss_mb"] > 0 and row["wall_s"] > 0 and row["parallel_efficiency"] > 0
+
+    grid_epochs = grid_size * epochs
+    for name in GRID_ARMS:
+        assert rows[name]["epochs"] == grid_epochs, name
+        assert rows[name]["trials"] == grid_size, name
+    assert rows["optuna"]["trials"] == grid_size
+    assert grid_size <= rows["optuna"]["epochs"] <= grid_epochs
+    assert grid_size <= rows["raytune_torch_asha"]["epochs"] <= grid_epochs
+    assert min(rows[a]["ratio_to_fastest_peer"] for a in ("loop", "skorch_gridsearchcv", "optuna", "ray_tune_raw")) \
+        == pytest.approx(1.0)
