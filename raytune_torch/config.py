@@ -11,7 +11,7 @@ import copy
 import difflib
 import os
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -647,8 +647,3 @@ def config_to_dict(config: ExperimentConfig) -> dict[str, Any]:
     if config.import_paths:
         out["import_paths"] = list(config.import_paths)
     return out
-
-
-def replace_config(config: ExperimentConfig, **changes: Any) -> ExperimentConfig:
-    """``dataclasses.replace`` for an experiment (no re-validation)."""
-    return replace(config, **changes)
