@@ -500,7 +500,7 @@ def _history_epochs(path: str) -> set:
     return epochs
 
 
-_EXTRA_KEYS = ("lr", "epoch_time_s", "samples_per_s", "trial_seed", "diverged", "early_stopped")
+_EXTRA_KEYS = ("lr", "epoch_time_s", "samples_per_s", "trial_seed", "diverged", "early_stopped", "device")
 
 
 class ConsoleCallback(tune.Callback):

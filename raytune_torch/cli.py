@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("experiment", help="the experiment YAML file")
     p.add_argument("--address", default=None, help="join this Ray cluster ('auto' or HOST:PORT) instead of starting one")
     p.add_argument("--quiet", action="store_true", help="print only the final summary and errors")
+    p.add_argument("--num-gpus", type=int, default=None,
+                   help="GPUs the local Ray instance advertises (default: the CUDA devices found)")
     _add_overrides(p)
 
     p = sub.add_parser("validate", help="check an experiment file, its data and one batch; start nothing")
@@ -86,7 +88,7 @@ def _fail(exc: Exception, code: int) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from .tuner import run
 
-    run(args.experiment, address=args.address, quiet=args.quiet, **_overrides(args))
+    run(args.experiment, address=args.address, quiet=args.quiet, num_gpus=args.num_gpus, **_overrides(args))
     return 0
 
 

@@ -144,6 +144,7 @@ class ResourcesConfig:
 
     cpu: float = 1.0
     gpu: float = 0.0
+    cpu_fallback: bool = False  # a trial given a GPU share where CUDA is unusable runs on the CPU
 
 
 @dataclass(frozen=True)
@@ -519,7 +520,10 @@ def _parse(raw: Mapping, source: str | None) -> ExperimentConfig:
             "concurrency limit starves the brackets (no trial is ever halved); remove max_concurrent "
             "(per-trial resources already bound how many run at once) or use scheduler: asha")
     res = _section(raw, "resources", problems)
-    _unknown("resources", res, ["cpu", "gpu"], problems)
+    _unknown("resources", res, ["cpu", "gpu", "cpu_fallback"], problems)
+    cpu_fallback = res.get("cpu_fallback", False)
+    if not isinstance(cpu_fallback, bool):
+        problems.append(f"resources.cpu_fallback: must be true or false, got {cpu_fallback!r}")
     cpu = _typed("resources.cpu", res.get("cpu", 1), float, problems, minimum=0.0, exclusive_min=True)
     gpu = _typed("resources.gpu", res.get("gpu", 0), float, problems, minimum=0.0)
     if gpu is not None and gpu > 1 and gpu != int(gpu):
@@ -544,7 +548,7 @@ def _parse(raw: Mapping, source: str | None) -> ExperimentConfig:
         name=name, seed=seed, storage=str(storage), task=task, data=data, model=model,
         optimizer=optimizer, loss=loss, lr_scheduler=lr_scheduler, train=train, space=space,
         search=search, scheduler=scheduler,
-        resources=ResourcesConfig(cpu=cpu, gpu=gpu), checkpoint=CheckpointConfig(every=every, keep=keep),
+        resources=ResourcesConfig(cpu=cpu, gpu=gpu, cpu_fallback=cpu_fallback is True), checkpoint=CheckpointConfig(every=every, keep=keep),
         max_failures=max_failures if max_failures is not None else 2, tensorboard=tensorboard,
         import_paths=tuple(str(p) for p in import_paths),
     )

@@ -24,7 +24,7 @@ from .exceptions import ResultsError
 __all__ = ["TuneResult", "write_results", "METRIC_COLUMNS"]
 
 METRIC_COLUMNS = ("epoch", "train_loss", "val_loss", "lr", "epoch_time_s", "samples_per_s", "trial_seed",
-                  "diverged", "early_stopped")
+                  "diverged", "early_stopped", "device")
 
 
 def _status(rows: list[dict], error: str | None, max_epochs: int) -> str:
@@ -98,7 +98,7 @@ def write_results(run_dir: str, config: Any, data: Any, grid: Any) -> None:
                 continue  # an errored trial never counts as the best
             if best is None or _better(value, best["value"], mode):
                 best = {"value": value, "trial_id": trial_id, "epoch": int(row["epoch"]), "params": params,
-                        "metrics": {k: row[k] for k in row if k in metric_names or k == "epoch"},
+                        "metrics": {k: row[k] for k in row if k in metric_names or k in ("epoch", "device")},
                         "checkpoint": _best_checkpoint(result, metric, mode), "status": status}
     if not rows:
         raise ResultsError(f"the run in {run_dir!r} produced no trials")

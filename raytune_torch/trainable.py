@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import json
 import math
+import os
 import random
 import shutil
 import tempfile
@@ -62,11 +63,24 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def pick_device(gpu_share: float) -> torch.device:
-    """CUDA when the trial was given a GPU share and CUDA is usable here, else CPU."""
-    if gpu_share > 0 and torch.cuda.is_available():
+def pick_device(gpu_share: float, cpu_fallback: bool = False) -> torch.device:
+    """CUDA when the trial was given a GPU share and CUDA is usable here; CPU when it was given
+    none. A GPU share without usable CUDA is an error (not a silent slowdown) unless
+    ``cpu_fallback`` allows the CPU."""
+    if gpu_share <= 0:
+        return torch.device("cpu")
+    if torch.cuda.is_available():
         return torch.device("cuda")
-    return torch.device("cpu")
+    if cpu_fallback:
+        return torch.device("cpu")
+    from .exceptions import ResourceError
+
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    raise ResourceError(
+        f"the trial was given a GPU share of {gpu_share:g} (CUDA_VISIBLE_DEVICES={visible!r}) but CUDA is not "
+        f"usable in its process (torch {torch.__version__}, CUDA build: {torch.version.cuda is not None}); "
+        f"install a CUDA build of torch on the GPU nodes, set resources.gpu: 0, or set "
+        f"resources.cpu_fallback: true to train on the CPU anyway")
 
 
 def build_components(config: Any, params: dict[str, Any], n_features: int, n_outputs: int,
@@ -98,7 +112,7 @@ class Trial:
         self.mode = config.search.mode
         self.max_epochs = config.train.max_epochs
         self.batch_size = int(params.get("batch_size", config.train.batch_size))
-        self.device = pick_device(gpu_share)
+        self.device = pick_device(gpu_share, getattr(config.resources, "cpu_fallback", False))
         self.seed = derive_seed(config.seed, reporter.trial_index, self.params)
         self.shuffle = seed_everything(self.seed)
         self.model, self.optimizer, self.loss_fn, self.lr_scheduler = build_components(
@@ -217,6 +231,7 @@ class Trial:
         metrics["epoch_time_s"] = elapsed
         metrics["samples_per_s"] = self.n_train / elapsed if elapsed > 0 else float("nan")
         metrics["trial_seed"] = self.seed
+        metrics["device"] = str(self.device)
         metrics["diverged"] = int(diverged)
         patience = self.config.train.early_stopping_patience
         if not diverged:
@@ -256,8 +271,13 @@ def default_loop(trial: Trial) -> None:
 def run_trial(params: dict[str, Any], config: Any, data: Splits, reporter: Reporter, *,
               cpus: float = 1.0, gpu_share: float = 0.0) -> Trial:
     """Run one trial to its end (max epochs, early stop or divergence). Returns the finished Trial."""
-    torch.set_num_threads(max(1, int(cpus)))
+    threads = max(1, int(cpus))
+    torch.set_num_threads(threads)
     trial = Trial(config, params, data, reporter, cpus=cpus, gpu_share=gpu_share)
+    # The trial states where it trains: here (the worker's log) and in every result (`device`).
+    print(f"raytune-torch trial {reporter.trial_id}: device {trial.device}, {threads} torch thread(s), "
+          f"gpu share {gpu_share:g}, CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')!r}",
+          flush=True)
     loop: Callable[[Trial], Any] = default_loop
     if config.train.loop is not None:
         loop = comp.resolve(config.train.loop, what="train.loop", import_paths=config.import_paths)

@@ -51,7 +51,7 @@ def _serializable(raw: Any) -> Any:
 
 
 def run(source: str | os.PathLike | dict | ExperimentConfig, *, address: str | None = None,
-        quiet: bool = False, callbacks: list | None = None, **overrides: Any):
+        quiet: bool = False, callbacks: list | None = None, num_gpus: int | None = None, **overrides: Any):
     """Tune the experiment and return its :class:`~raytune_torch.results.TuneResult`.
 
     Args:
@@ -61,6 +61,8 @@ def run(source: str | os.PathLike | dict | ExperimentConfig, *, address: str | N
             in this process is used as it is.
         quiet: print nothing but errors.
         callbacks: extra ``ray.tune.Callback`` objects (they run in the driver).
+        num_gpus: GPUs the private local instance advertises (default: the CUDA devices found);
+            more than the machine has makes logical GPUs, which schedule trials but have no CUDA.
         overrides: ``search``, ``scheduler``, ``num_samples``, ``max_epochs``, ``storage``, ``name``,
             ``seed``, ``cpus_per_trial``, ``gpus_per_trial``, ``max_concurrent``, ``metric``, ``mode``.
 
@@ -90,16 +92,16 @@ def run(source: str | os.PathLike | dict | ExperimentConfig, *, address: str | N
                                                             max_epochs=config.train.max_epochs)]
         return _ray.run_tuner(config, shared, run_dir_parent=storage, callbacks=[*console, *(callbacks or [])])
 
-    return _tune_on_ray(config, data, run_dir, address, quiet, started, tune)
+    return _tune_on_ray(config, data, run_dir, address, quiet, started, tune, num_gpus=num_gpus)
 
 
 def _tune_on_ray(config: ExperimentConfig, data: Splits, run_dir: str, address: str | None, quiet: bool,
-                 started: float, tune: Any):
+                 started: float, tune: Any, num_gpus: int | None = None):
     """Start (or join) Ray, check resources, share the data, tune, write the results, stop Ray."""
     from . import _ray
     from .results import TuneResult, write_results
 
-    owned = _ray.connect(address) if address else _ray.start_local()
+    owned = _ray.connect(address) if address else _ray.start_local(num_gpus=num_gpus)
     try:
         cluster = _ray.check_resources(config.resources.cpu, config.resources.gpu)
         _echo(f"raytune-torch: Ray with {cluster['cpus']:g} CPU(s), {cluster['gpus']:g} GPU(s) on "

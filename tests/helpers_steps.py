@@ -45,3 +45,23 @@ class RecordingScaler(BaseEstimator, TransformerMixin):
     def transform(self, X):
         X = np.asarray(X)
         return self.scaler_.transform(X[:, 1:]).astype(np.float32)
+
+
+def barrier_step(ctx, xb, yb):
+    """Blocks each GPU-assigned trial at its first batch until RTT_BARRIER_N trials are running.
+
+    Only in Ray's workers (Ray sets CUDA_VISIBLE_DEVICES for a trial given a GPU share), not in the
+    driver's preflight batch. Each trial leaves a file with its pid and CUDA_VISIBLE_DEVICES.
+    """
+    folder = os.environ.get("RTT_BARRIER_DIR")
+    if folder and "CUDA_VISIBLE_DEVICES" in os.environ and not getattr(barrier_step, "passed", False):
+        with open(os.path.join(folder, f"{os.getpid()}-{uuid.uuid4().hex}"), "w") as fh:
+            fh.write(os.environ["CUDA_VISIBLE_DEVICES"])
+        want = int(os.environ.get("RTT_BARRIER_N", "4"))
+        deadline = time.monotonic() + 90
+        while len(os.listdir(folder)) < want:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"barrier: only {len(os.listdir(folder))} of {want} trials ran at once")
+            time.sleep(0.05)
+        barrier_step.passed = True
+    return default_step(ctx, xb, yb)

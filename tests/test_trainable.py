@@ -21,7 +21,7 @@ from raytune_torch.exceptions import ConfigError, PreflightError
 from raytune_torch.trainable import derive_seed, preflight, run_trial
 
 METRIC_KEYS = {"epoch", "train_loss", "val_loss", "val_accuracy", "lr", "epoch_time_s", "samples_per_s",
-               "trial_seed", "diverged", "early_stopped"}
+               "trial_seed", "diverged", "early_stopped", "device"}
 TIMING = {"epoch_time_s", "samples_per_s"}
 
 BASE = {
