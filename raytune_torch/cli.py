@@ -88,7 +88,10 @@ def _fail(exc: Exception, code: int) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from .tuner import run
 
-    run(args.experiment, address=args.address, quiet=args.quiet, num_gpus=args.num_gpus, **_overrides(args))
+    result = run(args.experiment, address=args.address, quiet=args.quiet, num_gpus=args.num_gpus,
+                 **_overrides(args))
+    if args.quiet:
+        print(result.summary())
     return 0
 
 
