@@ -374,7 +374,7 @@ def _train_function(params: dict[str, Any], config: Any = None, shared: Any = No
 def _cv_train_function(params: dict[str, Any], config: Any = None, shared: Any = None) -> None:
     from .search_cv import run_cv_trial
 
-    run_cv_trial(params, shared.get(), RayReporter(), cpus=config.resources.cpu)
+    run_cv_trial(params, shared.get(), RayReporter(), cpus=config.resources.cpu, gpu_share=config.resources.gpu)
 
 
 def ray_trainable(config: Any, shared: SharedData, kind: str = "experiment") -> Any:

@@ -163,12 +163,23 @@ def _failed_metrics(spec: CVSpec, epoch: int, error: BaseException) -> dict[str,
     return metrics
 
 
-def run_cv_trial(params: dict[str, Any], spec: CVSpec, reporter: Any, *, cpus: float = 1.0) -> None:
+def _device_param(estimator: Any) -> str | None:
+    """The name of the final estimator's ``device`` parameter (``net__device`` in a Pipeline)."""
+    steps = getattr(estimator, "steps", None)
+    final, prefix = (steps[-1][1], f"{steps[-1][0]}__") if steps else (estimator, "")
+    return f"{prefix}device" if "device" in final.get_params(deep=False) else None
+
+
+def run_cv_trial(params: dict[str, Any], spec: CVSpec, reporter: Any, *, cpus: float = 1.0,
+                 gpu_share: float = 0.0) -> None:
     """Train every fold of one candidate, one epoch at a time; report fold-mean scores per epoch."""
     import torch
 
     torch.set_num_threads(max(1, int(cpus)))
     candidate = spec.candidates[params["__candidate__"]] if spec.candidates is not None else dict(params)
+    device = _device_param(spec.estimator)
+    if gpu_share > 0 and torch.cuda.is_available() and device and device not in candidate:
+        candidate = {**candidate, device: "cuda"}  # the trial's GPU share applies to its folds
     epoch = 0
     try:
         folds = [_make_fold(spec, candidate, train, test) for train, test in spec.splits]

@@ -207,3 +207,10 @@ def test_best_estimator_refit_on_all_data_and_pickles(digits, tmp_path):
     np.testing.assert_array_equal(restored.predict(X_test), search.predict(X_test))
     assert search.score(X_test, y_test) > 0.7
     assert list(search.classes_) == list(range(10))
+
+
+def test_the_device_parameter_a_gpu_share_sets():
+    from raytune_torch.search_cv import _device_param
+
+    assert _device_param(_pipe()) == "net__device"
+    assert _device_param(_net()) == "device"
