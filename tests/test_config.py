@@ -383,9 +383,9 @@ def test_metric_override_re_derives_mode():
 
 
 def test_override_resources_and_storage():
-    cfg = load_config(MINIMAL, cpus_per_trial=2, gpus_per_trial=0.25, storage="/tmp/x", max_concurrent=3)
+    cfg = load_config(MINIMAL, cpus_per_trial=2, gpus_per_trial=0.25, storage="elsewhere/runs", max_concurrent=3)
     assert (cfg.resources.cpu, cfg.resources.gpu) == (2.0, 0.25)
-    assert cfg.storage == "/tmp/x" and cfg.search.max_concurrent == 3
+    assert cfg.storage == "elsewhere/runs" and cfg.search.max_concurrent == 3
 
 
 # --- round trip ---------------------------------------------------------------------------------
