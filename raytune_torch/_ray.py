@@ -274,61 +274,70 @@ class RayReporter:
 
     @contextlib.contextmanager
     def checkpoint_dir(self):
-        checkpoint = tune.get_checkpoint()
-        if checkpoint is None:
-            # Ray's saved state may predate the trial's first checkpoint (driver killed): look on
-            # storage for checkpoints of this trial all the same.
-            checkpoint = _own_checkpoint_on_storage(self.trial_id)
-            if checkpoint is None:
-                yield None
-                return
-            self.replay_after = 0
-            with checkpoint.as_directory() as directory:
-                yield directory
+        """Ray's checkpoint for this trial, or a newer complete one of its own on storage.
+
+        After the driver is killed, Ray's saved experiment state can lag behind the checkpoints
+        already persisted (it may hand back checkpoint 1 while 3 is on disk, or none at all);
+        resuming from the newest complete one is what makes resume exact. The epochs in between
+        are reported again (``replay_after``). Another trial's checkpoint (PBT exploit) is used
+        as given.
+        """
+        given = tune.get_checkpoint()
+        folder = _own_trial_folder(self.trial_id, given)
+        chosen = given
+        if folder is not None:
+            fs, path = folder
+            epochs = _complete_checkpoints(fs, path)
+            given_epoch = -1 if given is None else epochs.get(given.path.rstrip("/"), _meta_epoch(fs, given.path))
+            if epochs:
+                newest_path, newest_epoch = max(epochs.items(), key=lambda pe: pe[1])
+                if newest_epoch > given_epoch:
+                    chosen = tune.Checkpoint(newest_path, filesystem=fs)
+                    self.replay_after = max(given_epoch, 0)
+        if chosen is None:
+            yield None
             return
-        newest, given_epoch = _newest_own_checkpoint(checkpoint, self.trial_id)
-        if newest is not checkpoint:
-            self.replay_after = given_epoch
-        with newest.as_directory() as directory:
+        with chosen.as_directory() as directory:
             yield directory
 
 
-def _own_checkpoint_on_storage(trial_id: str) -> Any:
-    """The newest complete checkpoint in this trial's storage folder, or None."""
+def _own_trial_folder(trial_id: str, given: Any) -> tuple[Any, str] | None:
+    """(filesystem, path) of this trial's storage folder, or None when ``given`` is another
+    trial's checkpoint (PBT) or the folder is unknown."""
+    if given is not None:
+        parent = given.path.rstrip("/").rsplit("/", 1)[0]
+        return (given.filesystem, parent) if parent.rsplit("/", 1)[-1] == f"trial_{trial_id}" else None
     from ray.train._internal.session import get_session
 
     storage = getattr(get_session(), "storage", None)
     if storage is None:
         return None
-    fs, trial_path = storage.storage_filesystem, storage.trial_fs_path.rstrip("/")
-    if trial_path.rsplit("/", 1)[-1] != f"trial_{trial_id}":
-        return None
-    # A placeholder inside the folder lets _newest_own_checkpoint scan its siblings.
-    found, epoch = _newest_own_checkpoint(tune.Checkpoint(f"{trial_path}/checkpoint_none", filesystem=fs), trial_id)
-    return None if found.path.endswith("/checkpoint_none") else found
+    path = storage.trial_fs_path.rstrip("/")
+    return (storage.storage_filesystem, path) if path.rsplit("/", 1)[-1] == f"trial_{trial_id}" else None
 
 
-def _newest_own_checkpoint(checkpoint: Any, trial_id: str) -> tuple[Any, int]:
-    """The newest complete checkpoint of this trial on storage, at least as new as ``checkpoint``.
+def _meta_epoch(fs: Any, checkpoint_path: str) -> int:
+    import json
 
-    After the driver is killed, Ray's saved experiment state can lag behind the checkpoints
-    already persisted (it may hand back checkpoint 1 while 3 is on disk); resuming from the
-    newest complete one is what makes resume exact. Checkpoints of another trial (PBT exploit)
-    are used as given. Returns the checkpoint to use and the epoch of the one Ray gave.
-    """
+    try:
+        with fs.open_input_stream(f"{checkpoint_path.rstrip('/')}/state.json") as fh:
+            return int(json.loads(fh.read()).get("epoch", -1))
+    except (OSError, ValueError):
+        return -1
+
+
+def _complete_checkpoints(fs: Any, folder: str) -> dict[str, int]:
+    """Path -> epoch of every complete checkpoint in a trial folder (``state.pt`` present and of
+    the size its ``state.json`` records; pruned and half-written ones are left out)."""
     import json
 
     import pyarrow.fs as pafs
 
-    fs, path = checkpoint.filesystem, checkpoint.path.rstrip("/")
-    parent = path.rsplit("/", 1)[0]
-    if parent.rsplit("/", 1)[-1] != f"trial_{trial_id}":
-        return checkpoint, -1
-    best_epoch, best_path, given_epoch = -1, path, -1
     try:
-        infos = fs.get_file_info(pafs.FileSelector(parent))
+        infos = fs.get_file_info(pafs.FileSelector(folder))
     except OSError:
-        return checkpoint, -1
+        return {}
+    out = {}
     for info in infos:
         if info.type != pafs.FileType.Directory or not info.base_name.startswith("checkpoint_"):
             continue
@@ -338,13 +347,9 @@ def _newest_own_checkpoint(checkpoint: Any, trial_id: str) -> tuple[Any, int]:
             state = fs.get_file_info(f"{info.path}/state.pt")
         except (OSError, ValueError):
             continue  # incomplete: no state.json yet, or unreadable
-        if info.path.rstrip("/") == path:
-            given_epoch = meta.get("epoch", -1)
-        if state.type == pafs.FileType.File and state.size == meta.get("bytes") and meta.get("epoch", -1) > best_epoch:
-            best_epoch, best_path = meta["epoch"], info.path
-    if best_path.rstrip("/") == path or best_epoch <= given_epoch:
-        return checkpoint, given_epoch
-    return tune.Checkpoint(best_path, filesystem=fs), given_epoch
+        if state.type == pafs.FileType.File and state.size == meta.get("bytes"):
+            out[info.path.rstrip("/")] = int(meta.get("epoch", -1))
+    return out
 
 
 class SharedData:
@@ -541,10 +546,10 @@ def _fmt(value: Any) -> str:
 
 
 def run_tuner(config: Any, shared: SharedData, *, run_dir_parent: str, callbacks: list, kind: str = "experiment",
-              metric_names: tuple[str, ...] | None = None) -> Any:
+              metric_names: tuple[str, ...] | None = None, plan: SearchPlan | None = None) -> Any:
     """Build and fit the Tuner; returns Ray's ResultGrid. ``metric_names``: what trials report
     (default: the experiment's), for history.jsonl and TensorBoard."""
-    plan = build_search(config)
+    plan = plan or build_search(config)
     scheduler = build_scheduler(config)
     tune_config = tune.TuneConfig(
         metric=config.search.metric,

@@ -83,7 +83,9 @@ def write_results(run_dir: str, config: Any, data: Any, grid: Any) -> None:
         error = _error_text(result.error)
         history = _trial_rows(result, metric_names)
         status = _status(history, error, config.train.max_epochs)
-        _prune_checkpoints(result, _kept_checkpoints(result, metric, mode, config.checkpoint.keep, status))
+        ranked = _ranked_checkpoints(result, metric, mode)
+        _prune_checkpoints(result, _kept_checkpoints(result, ranked, config.checkpoint.keep, status))
+        best_checkpoint = ranked[0] if ranked else (result.checkpoint.path if result.checkpoint else None)
         params = dict(result.config or {})
         trials.append(trial_id)
         base = {"trial_id": trial_id, "status": status, "error": error}
@@ -99,7 +101,7 @@ def write_results(run_dir: str, config: Any, data: Any, grid: Any) -> None:
             if best is None or _better(value, best["value"], mode):
                 best = {"value": value, "trial_id": trial_id, "epoch": int(row["epoch"]), "params": params,
                         "metrics": {k: row[k] for k in row if k in metric_names or k in ("epoch", "device")},
-                        "checkpoint": _best_checkpoint(result, metric, mode), "status": status}
+                        "checkpoint": best_checkpoint, "status": status}
     if not rows:
         raise ResultsError(f"the run in {run_dir!r} produced no trials")
     columns = ["trial_id", "epoch", "status", *metric_names,
@@ -156,9 +158,9 @@ def _ranked_checkpoints(result: Any, metric: str, mode: str) -> list[str]:
     return [p for p, _ in candidates]
 
 
-def _kept_checkpoints(result: Any, metric: str, mode: str, keep: int, status: str) -> set[str]:
-    """The disk budget: the ``keep`` best plus the latest; a trial stopped early keeps its best."""
-    ranked = _ranked_checkpoints(result, metric, mode)
+def _kept_checkpoints(result: Any, ranked: list[str], keep: int, status: str) -> set[str]:
+    """The disk budget: the ``keep`` best of ``ranked`` plus the latest; a trial stopped early
+    keeps its best."""
     if status in ("pruned", "early_stopped", "diverged"):
         kept = set(ranked[:1])
     else:
@@ -205,13 +207,6 @@ def _last_rows(rows: list[dict]) -> list[dict]:
     for r in rows:
         last[r["trial_id"]] = r
     return list(last.values())
-
-
-def _best_checkpoint(result: Any, metric: str, mode: str) -> str | None:
-    ranked = _ranked_checkpoints(result, metric, mode)
-    if ranked:
-        return ranked[0]
-    return result.checkpoint.path if result.checkpoint is not None else None
 
 
 def _score_test(config: Any, data: Any, best: dict) -> dict[str, float]:

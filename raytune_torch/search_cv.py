@@ -346,12 +346,12 @@ class TorchSearchCV:
 
     def _experiment(self, space: dict, search: str, metric: str, max_epochs: int, num_samples: int) -> Any:
         from .config import (CheckpointConfig, ComponentConfig, DataConfig, ExperimentConfig, ResourcesConfig,
-                             SearchConfig, TrainConfig, load_config)
+                             SearchConfig, TrainConfig, _parse_scheduler)
 
-        scheduler = self.scheduler if isinstance(self.scheduler, Mapping) else {"name": self.scheduler}
-        # Validate the scheduler options through the experiment-file rules.
-        checked = load_config({"name": "cv", "model": "x:y", "data": {"dataset": "digits"},
-                               "train": {"max_epochs": max_epochs}, "scheduler": dict(scheduler)})
+        problems: list[str] = []  # the scheduler and its options follow the experiment-file rules
+        scheduler = _parse_scheduler({"scheduler": self.scheduler}, max_epochs, problems)
+        if problems:
+            raise ConfigError(problems)
         resources = dict(self.resources or {"cpu": 1, "gpu": 0})
         return ExperimentConfig(
             name=self.name or f"torchsearchcv-{time.strftime('%Y%m%d-%H%M%S')}",
@@ -359,7 +359,7 @@ class TorchSearchCV:
             storage=str(self.storage), train=TrainConfig(max_epochs=max_epochs), space=space,
             search=SearchConfig(algorithm=search, num_samples=num_samples, metric=metric, mode="max",
                                 max_concurrent=self.n_jobs if self.n_jobs and self.n_jobs > 0 else None),
-            scheduler=checked.scheduler,
+            scheduler=scheduler,
             resources=ResourcesConfig(cpu=float(resources.get("cpu", 1)), gpu=float(resources.get("gpu", 0))),
             checkpoint=CheckpointConfig(), max_failures=0, tensorboard=self.tensorboard,
         )
@@ -412,16 +412,17 @@ class TorchSearchCV:
         owned = _ray.start_local()
         try:
             _ray.check_resources(config.resources.cpu, config.resources.gpu)
-            callbacks = [_ray.ConsoleCallback(metric, _ray.build_search(config).total)] if self.verbose else []
+            plan = _ray.build_search(config)
+            callbacks = [_ray.ConsoleCallback(metric, plan.total)] if self.verbose else []
             shared, _ = _ray.share(spec)
             del spec
             result_grid = _ray.run_tuner(config, shared, run_dir_parent=storage, callbacks=callbacks, kind="cv",
-                                         metric_names=metric_names)
+                                         metric_names=metric_names, plan=plan)
         finally:
             if owned:
                 _ray.shutdown()
         self.run_dir_ = os.path.join(storage, config.name)
-        self._collect(result_grid, candidates, space, scorers, refit_metric, len(splits), config)
+        self._collect(result_grid, candidates, scorers, len(splits), metric_names)
         self.multimetric_ = multimetric
         self.scorer_ = scorers if multimetric else scorers["score"]
         self.n_splits_ = len(splits)
@@ -437,8 +438,8 @@ class TorchSearchCV:
             self.refit_time_ = time.perf_counter() - start
         return self
 
-    def _collect(self, result_grid: Any, candidates: list[dict] | None, space: dict, scorers: dict,
-                 refit_metric: str, n_splits: int, config: Any) -> None:
+    def _collect(self, result_grid: Any, candidates: list[dict] | None, scorers: dict, n_splits: int,
+                 metric_names: tuple[str, ...]) -> None:
         from numpy.ma import MaskedArray
 
         trials = []
@@ -497,7 +498,7 @@ class TorchSearchCV:
                           f"error_score={self.error_score!r}", FitFailedWarning, stacklevel=3)
         self.cv_results_ = results
         self.trial_epochs_ = np.array([int((r.metrics or {}).get("epoch", 0)) for r, _ in trials])
-        _write_cv_table(config, trials, self.run_dir_)
+        _write_cv_table(trials, metric_names, self.run_dir_)
 
     # -- delegation to the best estimator ----------------------------------------------------------
     def _best(self) -> Any:
@@ -530,39 +531,23 @@ def _metric(result: Any, key: str, error_score: Any) -> float:
     return float(value)
 
 
-def _write_cv_table(config: Any, trials: list, run_dir: str) -> None:
+def _write_cv_table(trials: list, metric_names: tuple[str, ...], run_dir: str) -> None:
     """``results.parquet`` of a TorchSearchCV run: every trial and epoch from its history file."""
     import json
 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from .results import _column, _error_text, _trial_rows
+
     rows = []
     for result, params in trials:
-        path = os.path.join(result.path, "history.jsonl")
-        history = {}
-        if os.path.exists(path):
-            for line in open(path):
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                history[row.get("epoch")] = row
-        trial_id = os.path.basename(result.path).removeprefix("trial_")
-        for epoch in sorted(e for e in history if e is not None):
-            row = {k: v for k, v in history[epoch].items() if isinstance(v, (int, float, str)) or v is None}
-            row["trial_id"] = trial_id
-            row["error"] = None if result.error is None else str(result.error).strip().splitlines()[-1]
-            for k, v in params.items():
-                row[f"config/{k}"] = v if isinstance(v, (int, float, str, bool)) else json.dumps(v, default=str)
-            rows.append(row)
+        base = {"trial_id": os.path.basename(result.path).removeprefix("trial_"), "error": _error_text(result.error)}
+        config = {f"config/{k}": v if isinstance(v, (int, float, str, bool)) else json.dumps(v, default=str)
+                  for k, v in params.items()}
+        rows.extend({**base, **row, **config} for row in _trial_rows(result, metric_names))
     if rows:
-        columns = sorted({k for r in rows for k in r})
-        table = pa.table({c: pa.array([r.get(c) for r in rows]) if not _mixed([r.get(c) for r in rows])
-                          else pa.array([None if r.get(c) is None else str(r.get(c)) for r in rows]) for c in columns})
-        pq.write_table(table, os.path.join(run_dir, "results.parquet"))
-
-
-def _mixed(values: list) -> bool:
-    kinds = {type(v) for v in values if v is not None}
-    return len(kinds) > 1 and not kinds <= {int, float}
+        columns = ["trial_id", "epoch", *metric_names, "error",
+                   *sorted({k for r in rows for k in r if k.startswith("config/")})]
+        pq.write_table(pa.table({c: _column([r.get(c) for r in rows]) for c in columns}),
+                       os.path.join(run_dir, "results.parquet"))

@@ -137,6 +137,7 @@ class TensorBoardLogger:
         self.max_epochs = max_epochs
         self._writers: dict[str, Any] = {}
         self._logged: dict[str, set[int]] = {}
+        self._started: set[str] = set()
 
     def _writer(self, directory: str):
         from torch.utils.tensorboard import SummaryWriter
@@ -149,6 +150,9 @@ class TensorBoardLogger:
 
     def start_run(self, run_dir: str) -> None:
         """The experiment summary at the run root (once per run directory)."""
+        if run_dir in self._started:
+            return
+        self._started.add(run_dir)
         marker = os.path.join(run_dir, ".tensorboard-experiment")
         if os.path.exists(marker):
             return

@@ -90,7 +90,8 @@ def run(source: str | os.PathLike | dict | ExperimentConfig, *, address: str | N
     def tune(shared: Any) -> Any:
         console = [] if quiet else [_ray.ConsoleCallback(config.search.metric, plan.total,
                                                             max_epochs=config.train.max_epochs)]
-        return _ray.run_tuner(config, shared, run_dir_parent=storage, callbacks=[*console, *(callbacks or [])])
+        return _ray.run_tuner(config, shared, run_dir_parent=storage, callbacks=[*console, *(callbacks or [])],
+                              plan=plan)
 
     return _tune_on_ray(config, data, run_dir, address, quiet, started, tune, num_gpus=num_gpus)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import os
 import sys
+import textwrap
+import uuid
 from pathlib import Path
 
 import pytest
@@ -44,3 +46,21 @@ def experiment(tmp_path):
     exp = copy.deepcopy(BASE)
     exp["storage"] = str(tmp_path / "runs")
     return exp
+
+
+@pytest.fixture
+def write_module(tmp_path, monkeypatch):
+    """``write(source) -> name``: a module with a unique name in tmp_path (importable through
+    ``import_paths=(str(tmp_path),)``); sys.path and sys.modules are restored afterwards."""
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    names = []
+
+    def write(source: str) -> str:
+        name = f"rtt_user_{uuid.uuid4().hex[:12]}"
+        (tmp_path / f"{name}.py").write_text(textwrap.dedent(source))
+        names.append(name)
+        return name
+
+    yield write
+    for name in names:
+        sys.modules.pop(name, None)

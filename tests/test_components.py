@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 import textwrap
-import uuid
 
 import pytest
 import torch
@@ -47,13 +46,9 @@ MODULE_SOURCE = textwrap.dedent('''
 
 
 @pytest.fixture
-def user_module(tmp_path, monkeypatch):
+def user_module(write_module, tmp_path):
     """A module file in tmp_path with a unique name; sys.path and sys.modules are restored after."""
-    name = f"rtt_user_{uuid.uuid4().hex[:12]}"
-    (tmp_path / f"{name}.py").write_text(MODULE_SOURCE)
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    yield name, (str(tmp_path),)
-    sys.modules.pop(name, None)
+    return write_module(MODULE_SOURCE), (str(tmp_path),)
 
 
 # --- resolve ------------------------------------------------------------------------------------

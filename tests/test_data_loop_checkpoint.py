@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 import math
 import random
-import sys
 import textwrap
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -141,12 +139,8 @@ FACTORY_SOURCE = textwrap.dedent('''
 
 
 @pytest.fixture
-def factory_module(tmp_path, monkeypatch):
-    name = f"rtt_data_{uuid.uuid4().hex[:12]}"
-    (tmp_path / f"{name}.py").write_text(FACTORY_SOURCE)
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    yield name, (str(tmp_path),)
-    sys.modules.pop(name, None)
+def factory_module(write_module, tmp_path):
+    return write_module(FACTORY_SOURCE), (str(tmp_path),)
 
 
 def test_factory_returning_x_y(factory_module):

@@ -7,8 +7,6 @@ import copy
 import math
 import shutil
 import sys
-import textwrap
-import uuid
 from pathlib import Path
 
 import pytest
@@ -91,20 +89,9 @@ def digits():
 
 
 @pytest.fixture
-def user_module(tmp_path, monkeypatch):
-    """Write a module with a unique name into tmp_path; returns (name, tmp_path as a string)."""
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    names = []
-
-    def write(source: str) -> str:
-        name = f"rtt_trial_{uuid.uuid4().hex[:12]}"
-        (tmp_path / f"{name}.py").write_text(textwrap.dedent(source))
-        names.append(name)
-        return name
-
-    yield write, str(tmp_path)
-    for name in names:
-        sys.modules.pop(name, None)
+def user_module(write_module, tmp_path):
+    """``(write, folder)``: write a module into tmp_path; folder is its import path."""
+    return write_module, str(tmp_path)
 
 
 def state_dicts_equal(a: dict, b: dict) -> None:
