@@ -14,6 +14,7 @@ from .exceptions import (
     PreflightError,
     RaytuneTorchError,
     ResourceError,
+    ClusterError,
     ResultsError,
 )
 from .results import TuneResult
@@ -41,6 +42,7 @@ __all__ = [
     "ConfigError",
     "PreflightError",
     "ResourceError",
+    "ClusterError",
     "CheckpointError",
     "ResultsError",
     "__version__",

@@ -28,7 +28,7 @@ from ray import tune  # noqa: E402
 from ray.tune.logger import JsonLoggerCallback  # noqa: E402
 
 from . import space as sp  # noqa: E402
-from .exceptions import ConfigError, ResourceError  # noqa: E402
+from .exceptions import ClusterError, ConfigError, ResourceError  # noqa: E402
 
 __all__ = [
     "start_local",
@@ -77,12 +77,72 @@ def start_local(num_cpus: int | None = None, num_gpus: int | None = None) -> boo
     return True
 
 
-def connect(address: str) -> bool:
-    """Join an existing Ray cluster at ``address`` ("auto" or host:port). Returns True if joined now."""
+def connect(address: str, token_file: str | None = None) -> bool:
+    """Join an existing Ray cluster at ``address`` ("auto", HOST:PORT of its GCS, or ray://).
+    Returns True if joined now (the caller then disconnects).
+
+    The cluster is asked first, with a 5-second limit, whether it is there and accepts this
+    client's token (see :mod:`raytune_torch.auth`): Ray itself retries for 20 seconds and then
+    reports a generic connection error.
+
+    Raises:
+        ClusterError: a dashboard URL was given, nothing answers, or the token is missing or wrong.
+    """
+    from .auth import client_env
+
     if ray.is_initialized():
         return False
+    token = client_env(token_file)
+    if address.startswith(("http://", "https://")):
+        raise ClusterError(f"--address {address} is a dashboard (Jobs API) URL: `raytune-torch submit` uses it; "
+                           f"`run --address` joins the cluster's GCS (HOST:6379, or 'auto' on the head node)")
+    if not address.startswith("ray://"):
+        gcs = _auto_address() if address == "auto" else address
+        _probe_gcs(gcs, token)
+        if gcs.split(":")[0] in ("127.0.0.1", "localhost"):
+            # A cluster on loopback (cluster/local_cluster.py): this driver's node address must be
+            # 127.0.0.1 too, or Ray looks for a raylet at the machine's address and hangs.
+            from ray._private import ray_constants
+
+            os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+            ray_constants.ENABLE_RAY_CLUSTER = False
+        address = gcs
     ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
     return True
+
+
+def _auto_address() -> str:
+    from ray._private.services import get_ray_address_from_environment
+
+    try:
+        found = get_ray_address_from_environment("auto", None)
+    except ConnectionError:
+        found = None
+    if not found or found == "auto":
+        raise ClusterError("--address auto found no Ray cluster on this machine (no RAY_ADDRESS and no running "
+                           "head node); start one (`ray start --head`) or give HOST:PORT")
+    return found
+
+
+def _probe_gcs(address: str, token: Any) -> None:
+    """One GCS call with the token and a 5-second deadline: fail fast and clearly."""
+    import grpc
+    from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
+
+    from .auth import auth_headers, refused
+
+    metadata = [(k.lower(), v) for k, v in auth_headers(token).items()]
+    channel = grpc.insecure_channel(address)
+    try:
+        stub = gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel)
+        stub.GetClusterId(gcs_service_pb2.GetClusterIdRequest(), timeout=5, metadata=metadata)
+    except grpc.RpcError as exc:
+        if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+            raise refused(address, token) from None
+        raise ClusterError(f"no Ray cluster answers at {address} ({exc.code().name}); is it running, and is this "
+                           f"the GCS address of its head node (HOST:6379)?") from None
+    finally:
+        channel.close()
 
 
 def shutdown() -> None:
@@ -120,6 +180,82 @@ def check_resources(cpu: float, gpu: float) -> dict[str, Any]:
         )
     total = ray.cluster_resources()
     return {"nodes": len(nodes), "cpus": total.get("CPU", 0.0), "gpus": total.get("GPU", 0.0)}
+
+
+def _probe_node(location: str, token: str, node_id: str) -> str | None:
+    """On one node: read the driver's probe, write this node's. Returns None or the problem."""
+    from .storage import filesystem
+
+    try:
+        fs, root = filesystem(location)
+        with fs.open_input_stream(f"{root}/.probe/driver") as fh:
+            if fh.read().decode() != token:
+                return "it sees another probe file than the driver wrote (a different directory of the same name)"
+        with fs.open_output_stream(f"{root}/.probe/node-{node_id}") as out:
+            out.write(token.encode())
+    except FileNotFoundError:
+        return "the driver's probe file is not there (the path is not shared with the driver's machine)"
+    except Exception as exc:  # credentials, permissions, network: the node's own words
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def check_storage(run_dir: str, timeout_s: float = 60.0) -> int:
+    """Write a probe to ``run_dir`` from the driver, then read it and write one back from every
+    alive node (a zero-CPU task pinned to each node); the driver reads those back.
+
+    Returns the number of nodes probed.
+
+    Raises:
+        ConfigError: some node cannot see or write the storage; the message names the nodes and,
+            for a path, says to use a shared mount or an object-store URI.
+    """
+    import secrets
+
+    import pyarrow.fs as pafs
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from .storage import display, filesystem, is_uri
+
+    fs, root = filesystem(run_dir)
+    token = secrets.token_hex(8)
+    try:
+        fs.create_dir(f"{root}/.probe", recursive=True)
+        with fs.open_output_stream(f"{root}/.probe/driver") as out:
+            out.write(token.encode())
+    except OSError as exc:
+        raise ConfigError(f"storage {display(run_dir)!r} cannot be written from the driver: {exc}. Create the "
+                          f"bucket or directory and check the credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
+                          f"AWS_ENDPOINT_URL for S3-compatible servers)") from None
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    probe = ray.remote(num_cpus=0, max_retries=0)(_probe_node)
+    refs = {n["NodeID"]: probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+            .remote(run_dir, token, n["NodeID"]) for n in nodes}
+    ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout_s)
+    problems = []
+    for node in nodes:
+        node_id, ref = node["NodeID"], refs[node["NodeID"]]
+        name = f"{node['NodeManagerAddress']} (node {node_id[:8]})"
+        if ref not in ready:
+            problems.append(f"{name}: no answer in {timeout_s:.0f}s")
+            continue
+        problem = ray.get(ref)
+        if problem is None:
+            info = fs.get_file_info(f"{root}/.probe/node-{node_id}")
+            if info.type != pafs.FileType.File:
+                problem = "it wrote its probe where the driver cannot read it (a directory of its own)"
+        if problem:
+            problems.append(f"{name}: {problem}")
+    with contextlib.suppress(OSError):
+        fs.delete_dir(f"{root}/.probe")
+    if problems:
+        fix = ("use a path every node mounts (NFS, EFS, a Kubernetes ReadWriteMany volume) or an object-store URI "
+               "(storage: s3://bucket/runs, gs://bucket/runs)" if not is_uri(run_dir) else
+               "give every node the storage credentials and endpoint (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
+               "AWS_ENDPOINT_URL, or an instance profile)")
+        raise ConfigError(f"storage {display(run_dir)!r} is not shared by every node of the cluster: "
+                          + "; ".join(problems) + f". Trials on those nodes could not save checkpoints there: {fix}")
+    return len(nodes)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -267,10 +403,11 @@ class RayReporter:
         self.trial_id = ctx.get_trial_id() or "trial"
         self.trial_index = _trial_index(self.trial_id)
         self.replay_after: int | None = None  # set when resuming from a newer checkpoint than Ray's
+        self.node_id = ray.get_runtime_context().get_node_id()  # which node ran each epoch (results)
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
         checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        tune.report(metrics, checkpoint=checkpoint)
+        tune.report({**metrics, "node_id": self.node_id}, checkpoint=checkpoint)
 
     @contextlib.contextmanager
     def checkpoint_dir(self):
@@ -410,8 +547,13 @@ class HistoryCallback(tune.Callback):
 
     KEYS = ("epoch", "trial_id", "pid", "node_ip", "time_total_s")
 
-    def __init__(self, config: Any, metric_names: tuple[str, ...] | None = None) -> None:
+    def __init__(self, config: Any, metric_names: tuple[str, ...] | None = None,
+                 staging: tuple[str, str] | None = None) -> None:
+        """``staging``: ``(local_dir, run_uri)`` when the run directory is a URI: the driver's
+        files go to ``local_dir`` and are uploaded as they change; None for a path."""
         self.metric_names = tuple(metric_names or config.metric_names)
+        self.staging = staging
+        self._mirror = None
         # The disk budget during the run (Ray keeps every checkpoint: its own num_to_keep forces an
         # experiment-state snapshot per checkpoint, which dominated small trials). PBT copies
         # donors' checkpoints later, so it keeps all until the end (results prunes them then).
@@ -428,6 +570,7 @@ class HistoryCallback(tune.Callback):
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
+        state["_mirror"] = None
         if self.tensorboard is not None:
             from .tensorboard import TensorBoardLogger
 
@@ -440,7 +583,7 @@ class HistoryCallback(tune.Callback):
 
         row = {k: result[k] for k in (*self.KEYS, *self.metric_names) if k in result}
         row.update({k: result[k] for k in result if k in _EXTRA_KEYS})
-        directory = trial.path
+        directory = self._local_trial_dir(trial)
         os.makedirs(directory, exist_ok=True)
         path = os.path.join(directory, HISTORY_FILE)
         logged = self._logged.get(path)
@@ -455,9 +598,28 @@ class HistoryCallback(tune.Callback):
             self.tensorboard.log_epoch(directory, trial.config or {}, row)
         name = result.get("checkpoint_dir_name")
         if self.prune and name:
-            self._budget(trial.trial_id, os.path.join(directory, name), result.get(self.metric))
+            self._budget(trial.trial_id, f"{trial.path.rstrip('/')}/{name}", result.get(self.metric),
+                         trial.storage.storage_filesystem)
+        mirror = self.mirror()
+        if mirror is not None:
+            mirror.maybe_sync()
 
-    def _budget(self, trial_id: str, path: str, value: Any) -> None:
+    def _local_trial_dir(self, trial: Any) -> str:
+        if self.staging is None:
+            return trial.path
+        return os.path.join(self.staging[0], trial_dirname(trial))
+
+    def mirror(self) -> Any:
+        """The uploader of the staged files (URI runs), made on first use in the driver."""
+        if self.staging is None:
+            return None
+        if self._mirror is None:
+            from .storage import Mirror
+
+            self._mirror = Mirror(*self.staging)
+        return self._mirror
+
+    def _budget(self, trial_id: str, path: str, value: Any, fs: Any) -> None:
         """Keep the ``keep`` best checkpoints of the trial plus the latest; prune the others."""
         import math
 
@@ -471,12 +633,12 @@ class HistoryCallback(tune.Callback):
         kept = {p for _, p in best} | {path}
         for _, old in list(seen):
             if old not in kept:
-                prune(old)
+                prune(old, fs)
         self._checkpoints[trial_id] = [(sc, p) for sc, p in seen if p in kept]
 
     def _end(self, trial: Any, failed: bool) -> None:
         if self.tensorboard is not None:
-            self.tensorboard.end_trial(trial.path, trial.last_result or {}, failed)
+            self.tensorboard.end_trial(self._local_trial_dir(trial), trial.last_result or {}, failed)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._end(trial, failed=False)
@@ -487,6 +649,9 @@ class HistoryCallback(tune.Callback):
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         if self.tensorboard is not None:
             self.tensorboard.close()
+        mirror = self.mirror()
+        if mirror is not None:
+            mirror.sync()
 
 
 def _history_epochs(path: str) -> set:
@@ -505,7 +670,7 @@ def _history_epochs(path: str) -> set:
     return epochs
 
 
-_EXTRA_KEYS = ("lr", "epoch_time_s", "samples_per_s", "trial_seed", "diverged", "early_stopped", "device")
+_EXTRA_KEYS = ("lr", "epoch_time_s", "samples_per_s", "trial_seed", "diverged", "early_stopped", "device", "node_id")
 
 
 class ConsoleCallback(tune.Callback):
@@ -546,9 +711,13 @@ def _fmt(value: Any) -> str:
 
 
 def run_tuner(config: Any, shared: SharedData, *, run_dir_parent: str, callbacks: list, kind: str = "experiment",
-              metric_names: tuple[str, ...] | None = None, plan: SearchPlan | None = None) -> Any:
+              metric_names: tuple[str, ...] | None = None, plan: SearchPlan | None = None,
+              staging: tuple[str, str] | None = None) -> Any:
     """Build and fit the Tuner; returns Ray's ResultGrid. ``metric_names``: what trials report
-    (default: the experiment's), for history.jsonl and TensorBoard."""
+    (default: the experiment's), for history.jsonl and TensorBoard. ``staging``: see
+    :class:`HistoryCallback` (URI run directories)."""
+    from .storage import ray_storage
+
     plan = plan or build_search(config)
     scheduler = build_scheduler(config)
     tune_config = tune.TuneConfig(
@@ -564,7 +733,7 @@ def run_tuner(config: Any, shared: SharedData, *, run_dir_parent: str, callbacks
     )
     run_config = tune.RunConfig(
         name=config.name,
-        storage_path=run_dir_parent,
+        storage_path=ray_storage(run_dir_parent),
         checkpoint_config=tune.CheckpointConfig(
             # Ray keeps every checkpoint; HistoryCallback applies the disk budget as results arrive
             # (and results.write_results at the end).
@@ -578,7 +747,7 @@ def run_tuner(config: Any, shared: SharedData, *, run_dir_parent: str, callbacks
         # Ray's CSV and TensorBoard loggers are off (TUNE_DISABLE_AUTO_CALLBACK_LOGGERS); its JSON
         # logger stays for Ray's own tools. The history callback writes what results need and
         # comes first, so no row can be lost.
-        callbacks=[HistoryCallback(config, metric_names), JsonLoggerCallback(), *callbacks],
+        callbacks=[HistoryCallback(config, metric_names, staging), JsonLoggerCallback(), *callbacks],
     )
     tuner = tune.Tuner(ray_trainable(config, shared, kind), param_space=param_space(config.space, config.search.algorithm),
                        tune_config=tune_config, run_config=run_config)
@@ -586,12 +755,16 @@ def run_tuner(config: Any, shared: SharedData, *, run_dir_parent: str, callbacks
 
 
 def can_restore(run_dir: str) -> bool:
-    return tune.Tuner.can_restore(run_dir)
+    from .storage import ray_storage
+
+    return tune.Tuner.can_restore(ray_storage(run_dir))
 
 
 def restore_tuner(run_dir: str, config: Any, shared: SharedData) -> Any:
     """Continue an interrupted experiment: finished trials stay finished, unfinished and errored
     ones continue from their newest checkpoints. Returns Ray's ResultGrid."""
-    tuner = tune.Tuner.restore(run_dir, trainable=ray_trainable(config, shared), resume_unfinished=True,
+    from .storage import ray_storage
+
+    tuner = tune.Tuner.restore(ray_storage(run_dir), trainable=ray_trainable(config, shared), resume_unfinished=True,
                                resume_errored=True, restart_errored=False)
     return tuner.fit()

@@ -113,19 +113,35 @@ def read_meta(directory: str | os.PathLike) -> dict[str, Any]:
     return meta
 
 
-def prune(directory: str | os.PathLike) -> None:
+def prune(directory: str | os.PathLike, fs: Any = None) -> None:
     """Free a checkpoint's space but leave its directory (a marker and ``state.json``).
 
     Used during a run: Ray's saved experiment state may still name this checkpoint, and Ray
     refuses to restore a trial from a directory that is gone; the trial itself then resumes
     from its newest complete checkpoint instead. The directories go when the run ends.
+    ``fs``: the pyarrow filesystem ``directory`` is on (default: the local one).
     """
+    if fs is not None:
+        base = str(directory).rstrip("/")
+        with fs.open_output_stream(f"{base}/{PRUNED_FILE}") as out:
+            out.write(b"pruned by the disk budget\n")
+        try:
+            fs.delete_file(f"{base}/{STATE_FILE}")
+        except (FileNotFoundError, OSError):
+            pass
+        return
     directory = Path(directory)
     (directory / PRUNED_FILE).write_text("pruned by the disk budget\n")
     (directory / STATE_FILE).unlink(missing_ok=True)
 
 
-def is_complete(directory: str | os.PathLike) -> bool:
+def is_complete(directory: str | os.PathLike, fs: Any = None) -> bool:
+    if fs is not None:
+        import pyarrow.fs as pafs
+
+        base = str(directory).rstrip("/")
+        return (fs.get_file_info(f"{base}/{STATE_FILE}").type == pafs.FileType.File
+                and fs.get_file_info(f"{base}/{PRUNED_FILE}").type == pafs.FileType.NotFound)
     directory = Path(directory)
     return (directory / STATE_FILE).is_file() and not (directory / PRUNED_FILE).exists()
 

@@ -1,4 +1,4 @@
-"""``raytune-torch``: run, resume, validate, results, tensorboard.
+"""``raytune-torch``: run, resume, submit, jobs, validate, results, tensorboard.
 
 Exit status: 0 success; 2 bad input (the experiment, its data or resources; every problem is
 listed and nothing was started); 1 any other failure.
@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-from .exceptions import ConfigError, PreflightError, RaytuneTorchError, ResourceError
+from .exceptions import ClusterError, ConfigError, PreflightError, RaytuneTorchError, ResourceError
 
 __all__ = ["main", "build_parser"]
 
@@ -43,13 +44,36 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {dest: getattr(args, dest) for _, dest, _, _ in _OVERRIDE_FLAGS if getattr(args, dest) is not None}
 
 
+def _override_args(args: argparse.Namespace) -> list[str]:
+    """The override flags as given, to pass on to the job's own ``run``."""
+    out: list[str] = []
+    for flag, dest, _, _ in _OVERRIDE_FLAGS:
+        if getattr(args, dest) is not None:
+            out += [flag, str(getattr(args, dest))]
+    return out
+
+
+_TOKEN_HELP = ("file with the cluster's auth token (default: RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, then "
+               "~/.ray/auth_token); never printed")
+_DASHBOARD_HELP = "the cluster's dashboard / Jobs API URL, e.g. http://127.0.0.1:8265 (default: RAY_API_SERVER_ADDRESS)"
+
+
+def _add_cluster(parser: argparse.ArgumentParser, dashboard: bool = False) -> None:
+    if dashboard:
+        parser.add_argument("--address", default=os.environ.get("RAY_API_SERVER_ADDRESS"), help=_DASHBOARD_HELP)
+    parser.add_argument("--token-file", default=None, help=_TOKEN_HELP)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="raytune-torch", description="Tune PyTorch models on Ray Tune.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("run", help="tune an experiment (a private local Ray instance unless --address)")
     p.add_argument("experiment", help="the experiment YAML file")
-    p.add_argument("--address", default=None, help="join this Ray cluster ('auto' or HOST:PORT) instead of starting one")
+    p.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
+                   help="join this Ray cluster ('auto' on its head node, or HOST:PORT of its GCS) instead of "
+                        "starting a private local one (default: RAY_ADDRESS)")
+    _add_cluster(p)
     p.add_argument("--quiet", action="store_true", help="print only the final summary and errors")
     p.add_argument("--num-gpus", type=int, default=None,
                    help="GPUs the local Ray instance advertises (default: the CUDA devices found)")
@@ -62,8 +86,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("resume", help="continue an interrupted run from its checkpoints")
     p.add_argument("run_dir", help="the run directory (STORAGE/NAME)")
-    p.add_argument("--address", default=None, help="join this Ray cluster instead of starting one")
+    p.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
+                   help="join this Ray cluster instead of starting one (default: RAY_ADDRESS)")
+    _add_cluster(p)
     p.add_argument("--quiet", action="store_true")
+
+    p = sub.add_parser("submit", help="run an experiment on a Ray cluster as a Ray Job (through its Jobs API)")
+    p.add_argument("experiment", help="the experiment YAML file (inside --working-dir)")
+    _add_cluster(p, dashboard=True)
+    p.add_argument("--working-dir", default=None,
+                   help="folder uploaded with the job: your model code and the experiment file (default: .)")
+    p.add_argument("--no-wait", action="store_true", help="print the job id and return at once")
+    p.add_argument("--job-id", default=None, help="the submission id (default: raytune-NAME-TIME-RANDOM)")
+    _add_overrides(p)
+
+    p = sub.add_parser("jobs", help="status, logs, stop or list Ray Jobs on a cluster")
+    p.add_argument("action", choices=("status", "logs", "stop", "list"))
+    p.add_argument("job_id", nargs="?", default=None)
+    _add_cluster(p, dashboard=True)
+    p.add_argument("--follow", action="store_true", help="logs: stream until the job ends (exit status = the job's)")
 
     p = sub.add_parser("tensorboard", help="start TensorBoard for a run directory (127.0.0.1 by default)")
     p.add_argument("run_dir")
@@ -80,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _fail(exc: Exception, code: int) -> int:
     label = {ConfigError: "invalid experiment", PreflightError: "the trial would fail",
-             ResourceError: "not enough resources"}.get(type(exc), "error")
+             ResourceError: "not enough resources", ClusterError: "cluster"}.get(type(exc), "error")
     print(f"raytune-torch: {label}: {exc}", file=sys.stderr)
     return code
 
@@ -89,7 +130,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .tuner import run
 
     result = run(args.experiment, address=args.address, quiet=args.quiet, num_gpus=args.num_gpus,
-                 **_overrides(args))
+                 token_file=args.token_file, **_overrides(args))
     if args.quiet:
         print(result.summary())
     return 0
@@ -98,27 +139,66 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_resume(args: argparse.Namespace) -> int:
     from .tuner import resume
 
-    resume(args.run_dir, address=args.address, quiet=args.quiet)
+    resume(args.run_dir, address=args.address, quiet=args.quiet, token_file=args.token_file)
+    return 0
+
+
+def _need_address(args: argparse.Namespace) -> str:
+    if not args.address:
+        raise ClusterError("no cluster given: pass --address http://HEAD:8265 (the dashboard / Jobs API; forward it "
+                           "with `ray dashboard CLUSTER.yaml`) or set RAY_API_SERVER_ADDRESS")
+    return args.address
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+    from .jobs import submit
+
+    _, status = submit(args.experiment, _need_address(args), working_dir=args.working_dir, wait=not args.no_wait,
+                       token_file=args.token_file, extra_args=_override_args(args), overrides=_overrides(args),
+                       job_id=args.job_id)
+    return status
+
+
+def _cmd_jobs(args: argparse.Namespace) -> int:
+    from . import jobs
+
+    address = _need_address(args)
+    if args.action == "list":
+        for job in jobs.list_jobs(address, args.token_file):
+            print(f"{job['job_id']}\t{job['status']}\t{job['entrypoint']}")
+        return 0
+    if not args.job_id:
+        raise ClusterError(f"`jobs {args.action}` needs a JOB_ID (see `raytune-torch jobs list --address {address}`)")
+    if args.action == "status":
+        info = jobs.job_status(args.job_id, address, args.token_file)
+        print(f"{info['job_id']}: {info['status']}" + (f" ({info['message']})" if info["message"] else ""))
+        return 0
+    if args.action == "logs":
+        return jobs.job_logs(args.job_id, address, args.token_file, follow_=args.follow)
+    print(f"{args.job_id}: {jobs.stop_job(args.job_id, address, args.token_file)}")
     return 0
 
 
 def _cmd_tensorboard(args: argparse.Namespace) -> int:
-    import os
+    import contextlib
     import time
     import urllib.request
 
     from .exceptions import ResultsError
     from .tensorboard import serve
 
-    if not os.path.isdir(args.run_dir):
+    from .storage import display, is_uri, local_copy
+
+    if not is_uri(args.run_dir) and not os.path.isdir(args.run_dir):
         raise ResultsError(f"run directory {args.run_dir!r} does not exist; give STORAGE/NAME of a run")
+    logdir = local_copy(args.run_dir)  # a URI run: its event files, downloaded to a local cache
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"raytune-torch: warning: TensorBoard listens on {args.host}: anyone who can reach this machine "
               f"can read the run", file=sys.stderr)
     import tempfile
 
     log = tempfile.TemporaryFile(mode="w+")
-    proc = serve(args.run_dir, host=args.host, port=args.port, log=log)
+    proc = serve(logdir, host=args.host, port=args.port, log=log)
     shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     url = f"http://{shown}:{args.port}/"
     try:
@@ -134,9 +214,15 @@ def _cmd_tensorboard(args: argparse.Namespace) -> int:
                 break
             except OSError:
                 time.sleep(0.3)
-        print(f"TensorBoard for {args.run_dir} at {url} (#hparams for the table of all trials; Ctrl-C to stop)",
-              flush=True)
-        return proc.wait()
+        print(f"TensorBoard for {display(args.run_dir)} at {url} (#hparams for the table of all trials; Ctrl-C to "
+              f"stop)", flush=True)
+        if not is_uri(args.run_dir):
+            return proc.wait()
+        while proc.poll() is None:  # a URI run may still be running: fetch new events now and then
+            time.sleep(15)
+            with contextlib.suppress(RaytuneTorchError, OSError):
+                local_copy(args.run_dir)
+        return proc.returncode
     except KeyboardInterrupt:
         return 0
     finally:
@@ -191,11 +277,11 @@ def _cmd_results(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler = {"run": _cmd_run, "resume": _cmd_resume, "validate": _cmd_validate,
-               "results": _cmd_results, "tensorboard": _cmd_tensorboard}[args.command]
+    handler = {"run": _cmd_run, "resume": _cmd_resume, "validate": _cmd_validate, "submit": _cmd_submit,
+               "jobs": _cmd_jobs, "results": _cmd_results, "tensorboard": _cmd_tensorboard}[args.command]
     try:
         return handler(args)
-    except (ConfigError, PreflightError, ResourceError) as exc:
+    except (ConfigError, PreflightError, ResourceError, ClusterError) as exc:
         return _fail(exc, 2)
     except RaytuneTorchError as exc:
         return _fail(exc, 1)

@@ -8,6 +8,7 @@ Exception tree::
     ├── PreflightError            a trial cannot work: the model, loss, or data fail on one batch
     │                             in the driver, before Ray starts any trial
     ├── ResourceError             no node of the cluster can satisfy one trial's resources
+    ├── ClusterError              a Ray cluster cannot be reached or refuses us (address, token)
     ├── CheckpointError           a checkpoint file is missing, truncated, or does not match
     └── ResultsError              a run directory is missing or is not a raytune_torch run
 """
@@ -19,6 +20,7 @@ __all__ = [
     "ConfigError",
     "PreflightError",
     "ResourceError",
+    "ClusterError",
     "CheckpointError",
     "ResultsError",
 ]
@@ -48,6 +50,10 @@ class PreflightError(RaytuneTorchError):
 
 class ResourceError(RaytuneTorchError):
     """A trial asks for more CPUs or GPUs than any node of the cluster has."""
+
+
+class ClusterError(RaytuneTorchError):
+    """A Ray cluster (GCS or dashboard/Jobs API) cannot be reached, or refuses the token."""
 
 
 class CheckpointError(RaytuneTorchError):

@@ -24,7 +24,7 @@ from .exceptions import ResultsError
 __all__ = ["TuneResult", "write_results", "METRIC_COLUMNS"]
 
 METRIC_COLUMNS = ("epoch", "train_loss", "val_loss", "lr", "epoch_time_s", "samples_per_s", "trial_seed",
-                  "diverged", "early_stopped", "device")
+                  "diverged", "early_stopped", "device", "node_id")
 
 
 def _status(rows: list[dict], error: str | None, max_epochs: int) -> str:
@@ -42,13 +42,12 @@ def _status(rows: list[dict], error: str | None, max_epochs: int) -> str:
     return "completed"
 
 
-def _trial_rows(result: Any, metric_names: tuple[str, ...]) -> list[dict]:
-    """The trial's per-epoch rows from its history file (last row per epoch, in epoch order)."""
-    path = f"{result.path.rstrip('/')}/history.jsonl"
+def _trial_rows(path: str, metric_names: tuple[str, ...]) -> list[dict]:
+    """The per-epoch rows of a trial's history file (last row per epoch, in epoch order)."""
     try:
-        with result.filesystem.open_input_stream(path) as fh:
-            text = fh.read().decode()
-    except (OSError, FileNotFoundError):
+        with open(path) as fh:
+            text = fh.read()
+    except OSError:
         return []
     keep = tuple(dict.fromkeys((*METRIC_COLUMNS, *metric_names)))
     by_epoch: dict[int, dict] = {}
@@ -68,10 +67,24 @@ def _better(a: float, b: float, mode: str) -> bool:
     return a < b if mode == "min" else a > b
 
 
-def write_results(run_dir: str, config: Any, data: Any, grid: Any) -> None:
-    """Write ``results.parquet`` and ``best.json`` from Ray's ResultGrid."""
+def write_results(run_dir: str, config: Any, data: Any, grid: Any, local_dir: str | None = None) -> None:
+    """Write ``results.parquet`` and ``best.json`` from Ray's ResultGrid.
+
+    ``run_dir`` is the run's path or URI (checkpoint locations in ``best.json`` are given in its
+    terms); the files are written to ``local_dir`` (default: ``run_dir``; for a URI run, the
+    staging copy the caller uploads).
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
+
+    from .storage import join
+
+    local_dir = local_dir or run_dir
+    _, root = _run_root(run_dir)
+
+    def location(path: str) -> str:  # a checkpoint's fs path -> a path or URI users can open
+        rel = path.rstrip("/")[len(root):].lstrip("/") if path.startswith(root) else path
+        return join(run_dir, rel)
 
     metric, mode = config.search.metric, config.search.mode
     metric_names = config.metric_names
@@ -81,11 +94,12 @@ def write_results(run_dir: str, config: Any, data: Any, grid: Any) -> None:
     for result in grid:
         trial_id = Path(result.path).name.removeprefix("trial_")
         error = _error_text(result.error)
-        history = _trial_rows(result, metric_names)
+        history = _trial_rows(os.path.join(local_dir, f"trial_{trial_id}", "history.jsonl"), metric_names)
         status = _status(history, error, config.train.max_epochs)
         ranked = _ranked_checkpoints(result, metric, mode)
         _prune_checkpoints(result, _kept_checkpoints(result, ranked, config.checkpoint.keep, status))
         best_checkpoint = ranked[0] if ranked else (result.checkpoint.path if result.checkpoint else None)
+        best_checkpoint = location(best_checkpoint) if best_checkpoint else None
         params = dict(result.config or {})
         trials.append(trial_id)
         base = {"trial_id": trial_id, "status": status, "error": error}
@@ -108,9 +122,9 @@ def write_results(run_dir: str, config: Any, data: Any, grid: Any) -> None:
                *[c for c in METRIC_COLUMNS if c not in ("epoch",)], "error"]
     config_cols = sorted({k for r in rows for k in r if k.startswith("config/")})
     table = {c: [r.get(c) for r in rows] for c in [*dict.fromkeys(columns), *config_cols]}
-    tmp = os.path.join(run_dir, "results.parquet.tmp")
+    tmp = os.path.join(local_dir, "results.parquet.tmp")
     pq.write_table(pa.table({k: _column(v) for k, v in table.items()}), tmp)
-    os.replace(tmp, os.path.join(run_dir, "results.parquet"))
+    os.replace(tmp, os.path.join(local_dir, "results.parquet"))
     summary: dict[str, Any] = {
         "metric": metric, "mode": mode, "trials": len(trials),
         "status_counts": {s: sum(1 for r in _last_rows(rows) if r["status"] == s)
@@ -126,7 +140,13 @@ def write_results(run_dir: str, config: Any, data: Any, grid: Any) -> None:
                         "checkpoint": best["checkpoint"]})
         if data.X_test is not None and best["checkpoint"]:
             summary["test_metrics"] = _score_test(config, data, best)
-    Path(run_dir, "best.json").write_text(json.dumps(_jsonable(summary), indent=2))
+    Path(local_dir, "best.json").write_text(json.dumps(_jsonable(summary), indent=2))
+
+
+def _run_root(run_dir: str) -> tuple[Any, str]:
+    from .storage import filesystem
+
+    return filesystem(run_dir)
 
 
 def _error_text(error: BaseException | None) -> str | None:
@@ -153,7 +173,8 @@ def _ranked_checkpoints(result: Any, metric: str, mode: str) -> list[str]:
     from .checkpoint import is_complete
 
     candidates = [(c.path, m[metric]) for c, m in (result.best_checkpoints or [])
-                  if isinstance(m.get(metric), (int, float)) and math.isfinite(m[metric]) and is_complete(c.path)]
+                  if isinstance(m.get(metric), (int, float)) and math.isfinite(m[metric])
+                  and is_complete(c.path, result.filesystem)]
     candidates.sort(key=lambda pv: pv[1], reverse=mode == "max")
     return [p for p, _ in candidates]
 
@@ -217,9 +238,12 @@ def _score_test(config: Any, data: Any, best: dict) -> dict[str, float]:
     from .loop import evaluate
     from .trainable import build_components
 
+    from .storage import fetch_dir
+
     device = torch.device("cpu")
     model, _, loss_fn, _ = build_components(config, best["params"], data.n_features, data.n_outputs, device)
-    load_model_state(model, load_state(best["checkpoint"]), best["checkpoint"])
+    with fetch_dir(best["checkpoint"]) as directory:
+        load_model_state(model, load_state(directory), best["checkpoint"])
     X, y = as_tensors(data.X_test, data.y_test)
     scores = evaluate(model, iterate_batches(X, y, 1024, shuffle=False), loss_fn, device, config.task,
                       config.train.metrics)
@@ -244,14 +268,19 @@ class TuneResult:
     """The results of a run directory: best trial, per-epoch table, and the best trained model."""
 
     def __init__(self, run_dir: str | os.PathLike) -> None:
+        from .storage import display, is_uri, local_copy
+
         self.run_dir = str(run_dir)
-        path = Path(self.run_dir)
-        if not path.is_dir():
-            raise ResultsError(f"run directory {self.run_dir!r} does not exist; give STORAGE/NAME of a run")
+        self._shown = display(self.run_dir)
+        if not is_uri(self.run_dir) and not Path(self.run_dir).is_dir():
+            raise ResultsError(f"run directory {self._shown!r} does not exist; give STORAGE/NAME of a run")
+        #: a local directory with the run's files (the run directory, or a URI run's cached copy)
+        self.local_dir = local_copy(self.run_dir)
+        path = Path(self.local_dir)
         missing = [f for f in ("best.json", "results.parquet", "experiment.yaml") if not (path / f).is_file()]
         if missing:
             raise ResultsError(
-                f"{self.run_dir!r} is not a finished raytune_torch run (missing {', '.join(missing)}); "
+                f"{self._shown!r} is not a finished raytune_torch run (missing {', '.join(missing)}); "
                 f"an interrupted run has no results yet")
         try:
             self.best = json.loads((path / "best.json").read_text())
@@ -263,7 +292,7 @@ class TuneResult:
     # -- the best trial ----------------------------------------------------------------------------
     def _need_best(self) -> None:
         if "trial_id" not in self.best:
-            raise ResultsError(f"no trial of {self.run_dir!r} reported a finite {self.metric}; see the table for errors")
+            raise ResultsError(f"no trial of {self._shown!r} reported a finite {self.metric}; see the table for errors")
 
     @property
     def best_trial_id(self) -> str:
@@ -291,7 +320,7 @@ class TuneResult:
         """Every trial and epoch as a pandas DataFrame."""
         import pyarrow.parquet as pq
 
-        return pq.read_table(os.path.join(self.run_dir, "results.parquet")).to_pandas()
+        return pq.read_table(os.path.join(self.local_dir, "results.parquet")).to_pandas()
 
     def trials(self):
         """One row per trial: its best epoch by the metric, status, epochs run, parameters."""
@@ -321,7 +350,7 @@ class TuneResult:
     def summary(self, elapsed: float | None = None) -> str:
         counts = ", ".join(f"{v} {k}" for k, v in self.best.get("status_counts", {}).items())
         took = f" in {elapsed:.1f}s" if elapsed is not None else ""
-        lines = [f"raytune-torch: {self.best.get('trials', 0)} trial(s){took} ({counts}); results in {self.run_dir}"]
+        lines = [f"raytune-torch: {self.best.get('trials', 0)} trial(s){took} ({counts}); results in {self._shown}"]
         if "checkpoint_bytes" in self.best:
             lines.append(f"checkpoints on disk: {self.best['checkpoint_bytes'] / 2**20:.2f} MiB")
         if "trial_id" in self.best:
@@ -346,12 +375,15 @@ class TuneResult:
 
         self._need_best()
         if not self.best.get("checkpoint"):
-            raise ResultsError(f"the best trial {self.best_trial_id} of {self.run_dir!r} has no checkpoint")
-        config = load_config(os.path.join(self.run_dir, "experiment.yaml"))
+            raise ResultsError(f"the best trial {self.best_trial_id} of {self._shown!r} has no checkpoint")
+        from .storage import fetch_dir
+
+        config = load_config(os.path.join(self.local_dir, "experiment.yaml"))
         model = build_model(config.model.name, config.model.args, self.best["params"],
                             in_features=self.best["n_features"], out_features=self.best["n_outputs"],
                             import_paths=config.import_paths)
-        state = load_state(self.best["checkpoint"], map_location=device)
+        with fetch_dir(self.best["checkpoint"]) as directory:
+            state = load_state(directory, map_location=device)
         load_model_state(model, state, self.best["checkpoint"])
         return model.to(torch.device(device)).eval()
 

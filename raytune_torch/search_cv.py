@@ -408,6 +408,11 @@ class TorchSearchCV:
                       classes=classes, random_state=int(self.random_state or 0))
         kinds = ["test", "train"] if self.return_train_score else ["test"]
         metric_names = tuple(f"{stat}_{kind}_{name}" for kind in kinds for name in scorers for stat in ("mean", "std"))
+        from .storage import is_uri
+
+        if is_uri(config.storage):
+            raise ValueError(f"storage={self.storage!r}: TorchSearchCV keeps its run directory on a path (local or "
+                             f"shared); object-store URIs are for experiment files (raytune_torch.run)")
         storage = os.path.abspath(config.storage)
         owned = _ray.start_local()
         try:
@@ -545,7 +550,7 @@ def _write_cv_table(trials: list, metric_names: tuple[str, ...], run_dir: str) -
         base = {"trial_id": os.path.basename(result.path).removeprefix("trial_"), "error": _error_text(result.error)}
         config = {f"config/{k}": v if isinstance(v, (int, float, str, bool)) else json.dumps(v, default=str)
                   for k, v in params.items()}
-        rows.extend({**base, **row, **config} for row in _trial_rows(result, metric_names))
+        rows.extend({**base, **row, **config} for row in _trial_rows(f"{result.path.rstrip('/')}/history.jsonl", metric_names))
     if rows:
         columns = ["trial_id", "epoch", *metric_names, "error",
                    *sorted({k for r in rows for k in r if k.startswith("config/")})]

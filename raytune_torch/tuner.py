@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 import yaml
 
 from . import space as sp
+from . import storage as st
 from .config import ExperimentConfig, config_to_dict, load_config
 from .data import Splits, load_splits
 
@@ -51,7 +53,8 @@ def _serializable(raw: Any) -> Any:
 
 
 def run(source: str | os.PathLike | dict | ExperimentConfig, *, address: str | None = None,
-        quiet: bool = False, callbacks: list | None = None, num_gpus: int | None = None, **overrides: Any):
+        quiet: bool = False, callbacks: list | None = None, num_gpus: int | None = None,
+        token_file: str | None = None, **overrides: Any):
     """Tune the experiment and return its :class:`~raytune_torch.results.TuneResult`.
 
     Args:
@@ -59,6 +62,8 @@ def run(source: str | os.PathLike | dict | ExperimentConfig, *, address: str | N
         address: join this Ray cluster ("auto", "host:port") instead of starting a private local
             instance (the default; it listens on 127.0.0.1 only). A Ray instance already started
             in this process is used as it is.
+        token_file: the cluster's auth token file (default: ``RAY_AUTH_TOKEN``,
+            ``RAY_AUTH_TOKEN_PATH``, then ``~/.ray/auth_token``); see :mod:`raytune_torch.auth`.
         quiet: print nothing but errors.
         callbacks: extra ``ray.tune.Callback`` objects (they run in the driver).
         num_gpus: GPUs the private local instance advertises (default: the CUDA devices found);
@@ -70,47 +75,80 @@ def run(source: str | os.PathLike | dict | ExperimentConfig, *, address: str | N
         ConfigError: the experiment is invalid (every problem listed); nothing was started.
         PreflightError: one batch in the driver failed (the cause is named); nothing was started.
         ResourceError: no node can run one trial.
+        ClusterError: the cluster at ``address`` does not answer or refuses the token.
     """
+    if address:  # the token reaches Ray through the environment, before Ray is imported
+        from .auth import client_env
+
+        client_env(token_file)
     from . import _ray
 
     started = time.monotonic()
     config, data = prepare(source, **overrides)
     plan = _ray.build_search(config)  # fails early when a searcher is not installed
-    storage = os.path.abspath(config.storage)
-    run_dir = os.path.join(storage, config.name)
-    os.makedirs(run_dir, exist_ok=True)
+    storage = st.absolute(config.storage)
+    run_dir = st.join(storage, config.name)
+    local_dir = _local_dir(run_dir, fresh=True)
     saved = _serializable(config_to_dict(config))
     saved["storage"] = storage
-    Path(run_dir, "experiment.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    Path(local_dir, "experiment.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
     _echo(f"raytune-torch: {config.name}: {plan.total} trial(s), search={config.search.algorithm}, "
           f"scheduler={config.scheduler.name}, metric={config.search.metric} ({config.search.mode}), "
           f"{config.train.max_epochs} epoch(s) max; data: {data.describe()}", quiet)
     if plan.note:
         _echo(f"raytune-torch: {plan.note}", quiet)
+
     def tune(shared: Any) -> Any:
         console = [] if quiet else [_ray.ConsoleCallback(config.search.metric, plan.total,
                                                             max_epochs=config.train.max_epochs)]
         return _ray.run_tuner(config, shared, run_dir_parent=storage, callbacks=[*console, *(callbacks or [])],
-                              plan=plan)
+                              plan=plan, staging=_staging(run_dir, local_dir))
 
-    return _tune_on_ray(config, data, run_dir, address, quiet, started, tune, num_gpus=num_gpus)
+    return _tune_on_ray(config, data, run_dir, address, quiet, started, tune, num_gpus=num_gpus,
+                        local_dir=local_dir, token_file=token_file)
+
+
+def _local_dir(run_dir: str, fresh: bool) -> str:
+    """Where the driver writes the run's files: the run directory itself, or for a URI its local
+    staging copy (emptied for a new run, downloaded for a resumed one)."""
+    if not st.is_uri(run_dir):
+        os.makedirs(run_dir, exist_ok=True)
+        return run_dir
+    local = st.staging_dir(run_dir)
+    if fresh:
+        shutil.rmtree(local, ignore_errors=True)
+        os.makedirs(local, exist_ok=True)
+        return local
+    return st.download(run_dir, local)
+
+
+def _staging(run_dir: str, local_dir: str) -> tuple[str, str] | None:
+    return (local_dir, run_dir) if st.is_uri(run_dir) else None
 
 
 def _tune_on_ray(config: ExperimentConfig, data: Splits, run_dir: str, address: str | None, quiet: bool,
-                 started: float, tune: Any, num_gpus: int | None = None):
-    """Start (or join) Ray, check resources, share the data, tune, write the results, stop Ray."""
+                 started: float, tune: Any, num_gpus: int | None = None, local_dir: str | None = None,
+                 token_file: str | None = None):
+    """Start (or join) Ray, check resources and storage, share the data, tune, write the results,
+    stop Ray."""
     from . import _ray
     from .results import TuneResult, write_results
 
-    owned = _ray.connect(address) if address else _ray.start_local(num_gpus=num_gpus)
+    local_dir = local_dir or run_dir
+    owned = _ray.connect(address, token_file) if address else _ray.start_local(num_gpus=num_gpus)
     try:
         cluster = _ray.check_resources(config.resources.cpu, config.resources.gpu)
         _echo(f"raytune-torch: Ray with {cluster['cpus']:g} CPU(s), {cluster['gpus']:g} GPU(s) on "
               f"{cluster['nodes']} node(s); each trial {{cpu: {config.resources.cpu:g}, gpu: {config.resources.gpu:g}}}",
               quiet)
+        if st.is_uri(run_dir) or cluster["nodes"] > 1:
+            probed = _ray.check_storage(run_dir)
+            _echo(f"raytune-torch: storage {st.display(run_dir)} written and read from {probed} node(s)", quiet)
         shared, data = _ray.share(data)  # the driver keeps a view of the stored copy, not its own
         grid = tune(shared)
-        write_results(run_dir, config, data, grid)
+        write_results(run_dir, config, data, grid, local_dir=local_dir)
+        if st.is_uri(run_dir):
+            st.Mirror(local_dir, run_dir).sync()
     finally:
         if owned:
             _ray.shutdown()
@@ -119,28 +157,36 @@ def _tune_on_ray(config: ExperimentConfig, data: Splits, run_dir: str, address: 
     return result
 
 
-def resume(run_dir: str | os.PathLike, *, address: str | None = None, quiet: bool = False):
+def resume(run_dir: str | os.PathLike, *, address: str | None = None, quiet: bool = False,
+           token_file: str | None = None):
     """Continue an interrupted run: finished trials are not run again, unfinished (and errored)
     trials continue from their newest complete checkpoint; then the results are written.
 
     Raises:
         ResultsError: ``run_dir`` is missing, is not a raytune_torch run, or already finished.
     """
+    if address:
+        from .auth import client_env
+
+        client_env(token_file)
     from . import _ray
     from .exceptions import ResultsError
 
     started = time.monotonic()
-    run_dir = os.path.abspath(run_dir)
-    if not os.path.isdir(run_dir):
-        raise ResultsError(f"run directory {run_dir!r} does not exist; give STORAGE/NAME of an interrupted run")
-    saved = os.path.join(run_dir, "experiment.yaml")
+    run_dir = st.absolute(run_dir)
+    shown = st.display(run_dir)
+    if not st.exists(run_dir):
+        raise ResultsError(f"run directory {shown!r} does not exist; give STORAGE/NAME of an interrupted run")
+    local_dir = _local_dir(run_dir, fresh=False)
+    saved = os.path.join(local_dir, "experiment.yaml")
     if not os.path.isfile(saved) or not _ray.can_restore(run_dir):
-        raise ResultsError(f"{run_dir!r} is not a raytune_torch run (no experiment.yaml and Ray experiment state); "
+        raise ResultsError(f"{shown!r} is not a raytune_torch run (no experiment.yaml and Ray experiment state); "
                            f"nothing to resume")
-    if os.path.isfile(os.path.join(run_dir, "best.json")):
-        raise ResultsError(f"the run in {run_dir!r} already finished; see `raytune-torch results {run_dir}` "
+    if os.path.isfile(os.path.join(local_dir, "best.json")):
+        raise ResultsError(f"the run in {shown!r} already finished; see `raytune-torch results {shown}` "
                            f"(to tune again, run the experiment under a new --name)")
     config, data = prepare(saved)
-    _echo(f"raytune-torch: resuming {config.name} from {run_dir}", quiet)
+    _echo(f"raytune-torch: resuming {config.name} from {shown}", quiet)
     return _tune_on_ray(config, data, run_dir, address, quiet, started,
-                        lambda shared: _ray.restore_tuner(run_dir, config, shared))
+                        lambda shared: _ray.restore_tuner(run_dir, config, shared), local_dir=local_dir,
+                        token_file=token_file)

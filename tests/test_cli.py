@@ -110,7 +110,10 @@ def test_console_script_starts_a_private_loopback_instance(tmp_path):
 
     gcs = ray.get_runtime_context().gcs_address
     jobs_before = len(ray._private.state.jobs())
-    env = {**os.environ, "RAY_ADDRESS": gcs}  # a cluster is running here: it must not be joined
+    # A cluster is running here (this session's, at `gcs`): without --address or RAY_ADDRESS it
+    # must not be joined (plain `ray.init()` would attach to it).
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    assert gcs
     proc = subprocess.run(
         [sys.executable, "-m", "raytune_torch.cli", "run", "examples/digits_mlp.yaml", "--num-samples", "2",
          "--max-epochs", "2", "--storage", str(tmp_path)],
