@@ -215,7 +215,7 @@ def check_storage(run_dir: str, timeout_s: float = 60.0) -> int:
     import pyarrow.fs as pafs
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from .storage import display, filesystem, is_uri
+    from .storage import display, filesystem, is_uri, ray_storage
 
     fs, root = filesystem(run_dir)
     token = secrets.token_hex(8)
@@ -230,7 +230,7 @@ def check_storage(run_dir: str, timeout_s: float = 60.0) -> int:
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     probe = ray.remote(num_cpus=0, max_retries=0)(_probe_node)
     refs = {n["NodeID"]: probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
-            .remote(run_dir, token, n["NodeID"]) for n in nodes}
+            .remote(ray_storage(run_dir), token, n["NodeID"]) for n in nodes}
     ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout_s)
     problems = []
     for node in nodes:
