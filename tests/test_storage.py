@@ -83,7 +83,7 @@ def _objects(uri: str) -> list[str]:
 def test_uri_helpers(monkeypatch):
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
-    assert st.is_uri("s3://b/x") and not st.is_uri("/tmp/x") and not st.is_uri("runs")
+    assert st.is_uri("s3://b/x") and not st.is_uri("/data/x") and not st.is_uri("runs")
     assert st.join("s3://b/runs?endpoint_override=h:1&scheme=http", "exp", "trial_1") == \
         "s3://b/runs/exp/trial_1?endpoint_override=h:1&scheme=http"
     assert st.display("s3://b/runs/exp?endpoint_override=h:1") == "s3://b/runs/exp"
