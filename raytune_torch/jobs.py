@@ -17,7 +17,7 @@ import sys
 import time
 from typing import Any, TextIO
 
-from .auth import Token, check_dashboard, client_env
+from .auth import auth_headers, check_dashboard, client_env
 from .exceptions import ClusterError, ConfigError
 
 __all__ = ["submit", "job_status", "job_logs", "stop_job", "list_jobs", "EXCLUDES"]
@@ -33,15 +33,9 @@ def _client(address: str, token_file: str | None) -> Any:
     from ray.job_submission import JobSubmissionClient
 
     try:
-        return JobSubmissionClient(address.rstrip("/"), headers=_headers(token))
+        return JobSubmissionClient(address.rstrip("/"), headers=auth_headers(token))
     except Exception as exc:  # the SDK's own connection errors
         raise ClusterError(f"cannot use the Jobs API at {address}: {type(exc).__name__}: {exc}") from None
-
-
-def _headers(token: Token) -> dict[str, str]:
-    from .auth import auth_headers
-
-    return auth_headers(token)
 
 
 def remote_command(experiment: str, working_dir: str, extra_args: list[str]) -> tuple[str, str]:

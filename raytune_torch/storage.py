@@ -199,22 +199,28 @@ class Mirror:
         if time.monotonic() - self._last >= self.every_s:
             self.sync()
 
-    def sync(self) -> None:
+    def sync(self, names: tuple[str, ...] | None = None) -> None:
+        """Upload every changed file, or only ``names`` (paths relative to the run directory)."""
         self._last = time.monotonic()
+        if names is not None:
+            for name in names:
+                self._upload(os.path.join(self.local_dir, name))
+            return
         for folder, dirs, files in os.walk(self.local_dir):
             dirs[:] = [d for d in dirs if not d.startswith(_SKIP_DIRS)]
             for name in files:
-                if name.endswith((".part", ".tmp")):
-                    continue
-                local = os.path.join(folder, name)
-                try:
-                    stat = os.stat(local)
-                except FileNotFoundError:
-                    continue
-                key = (stat.st_size, stat.st_mtime)
-                if self._sent.get(local) == key:
-                    continue
-                rel = os.path.relpath(local, self.local_dir).replace(os.sep, "/")
-                with open(local, "rb") as src, self.fs.open_output_stream(f"{self.root}/{rel}") as out:
-                    shutil.copyfileobj(src, out)
-                self._sent[local] = key
+                if not name.endswith((".part", ".tmp")):
+                    self._upload(os.path.join(folder, name))
+
+    def _upload(self, local: str) -> None:
+        try:
+            stat = os.stat(local)
+        except FileNotFoundError:
+            return
+        key = (stat.st_size, stat.st_mtime)
+        if self._sent.get(local) == key:
+            return
+        rel = os.path.relpath(local, self.local_dir).replace(os.sep, "/")
+        with open(local, "rb") as src, self.fs.open_output_stream(f"{self.root}/{rel}") as out:
+            shutil.copyfileobj(src, out)
+        self._sent[local] = key

@@ -147,8 +147,8 @@ def _tune_on_ray(config: ExperimentConfig, data: Splits, run_dir: str, address: 
         shared, data = _ray.share(data)  # the driver keeps a view of the stored copy, not its own
         grid = tune(shared)
         write_results(run_dir, config, data, grid, local_dir=local_dir)
-        if st.is_uri(run_dir):
-            st.Mirror(local_dir, run_dir).sync()
+        if st.is_uri(run_dir):  # the rest was uploaded as it changed (HistoryCallback)
+            st.Mirror(local_dir, run_dir).sync(("results.parquet", "best.json"))
     finally:
         if owned:
             _ray.shutdown()
