@@ -17,13 +17,35 @@ from .exceptions import (
     ClusterError,
     ResultsError,
 )
-from .results import TuneResult
-from .search_cv import TorchSearchCV
-from .sklearn import TorchClassifier, TorchRegressor
 from .space import Choice, Float, Grid, Int
-from .tuner import resume, run
 
 __version__ = "0.1.0"
+
+# Imported on first use (PEP 562): scikit-learn and SciPy take over a second to import, and every
+# Ray worker that runs a trial imports this package; a trial never needs them.
+_LAZY = {
+    "run": "tuner",
+    "resume": "tuner",
+    "TuneResult": "results",
+    "TorchSearchCV": "search_cv",
+    "TorchClassifier": "sklearn",
+    "TorchRegressor": "sklearn",
+}
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'raytune_torch' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 __all__ = [
     "run",

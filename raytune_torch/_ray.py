@@ -54,7 +54,12 @@ def start_local(num_cpus: int | None = None, num_gpus: int | None = None) -> boo
 
     Never attaches to another Ray cluster running on the machine (``address="local"``).
     Returns True when this call started Ray (the caller then shuts it down).
+
+    The instance starts one worker per CPU at once; each imports torch and the trial code
+    (:mod:`raytune_torch._preload`) while the driver sets up the Tuner, and the trials run in
+    those workers (see :func:`_local_actor_class`).
     """
+    global _LOCAL_INSTANCE
     if ray.is_initialized():
         return False
     # Ray binds the machine's network address by default; this keeps GCS, raylet and workers on
@@ -63,6 +68,10 @@ def start_local(num_cpus: int | None = None, num_gpus: int | None = None) -> boo
 
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     ray_constants.ENABLE_RAY_CLUSTER = False
+    # What Tune would put in each trial actor's runtime environment, given to the whole instance
+    # instead (workers inherit the raylet's environment, and the raylet this process's).
+    for name, value in _TUNE_ACTOR_ENV.items():
+        os.environ.setdefault(name, value)
     if num_gpus is None:
         num_gpus = _cuda_count()
     ray.init(
@@ -73,8 +82,37 @@ def start_local(num_cpus: int | None = None, num_gpus: int | None = None) -> boo
         log_to_driver=False,
         logging_level=logging.WARNING,
         configure_logging=True,
+        # Workers import torch and the trial code as they start, not in their first trial.
+        _system_config={"preload_python_modules": ["raytune_torch._preload"]},
     )
+    _LOCAL_INSTANCE = True
     return True
+
+
+# Trial actors in the workers the local instance started. Tune gives every trial actor a runtime
+# environment (``{"env_vars": {"PL_DISABLE_FORK": "1", ...}}``, ray.tune.execution.class_cache);
+# Ray can hand an actor only a worker started with the same runtime environment, so none of the
+# workers started (and preloaded) with the instance could take a trial: each trial actor waited
+# for a new process to start and import Ray, Tune and torch (about 3 s before the first trial
+# here). On the private local instance that environment is the instance's own (start_local), so
+# the actor class is registered without one. Clusters keep Tune's behaviour.
+from ray.tune.execution import class_cache as _class_cache  # noqa: E402
+
+_LOCAL_INSTANCE = False
+_TUNE_ACTOR_ENV = dict(_class_cache.DEFAULT_ENV_VARS)
+
+_tune_actor_class = _class_cache._ActorClassCache.get
+
+
+def _local_actor_class(self: Any, trainable_cls: Any) -> Any:
+    if not _LOCAL_INSTANCE:
+        return _tune_actor_class(self, trainable_cls)
+    if trainable_cls not in self._cache:
+        self._cache[trainable_cls] = ray.remote(trainable_cls)
+    return self._cache[trainable_cls]
+
+
+_class_cache._ActorClassCache.get = _local_actor_class
 
 
 def connect(address: str, token_file: str | None = None) -> bool:
@@ -146,7 +184,9 @@ def _probe_gcs(address: str, token: Any) -> None:
 
 
 def shutdown() -> None:
+    global _LOCAL_INSTANCE
     ray.shutdown()
+    _LOCAL_INSTANCE = False
 
 
 def _cuda_count() -> int:

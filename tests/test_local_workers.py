@@ -1,0 +1,81 @@
+"""The private local instance's own workers run the trials, with torch already imported.
+
+Runs in a fresh Python process: the workers that matter are the ones Ray starts with a new
+instance (this test session's shared instance has used its own up long ago).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from conftest import BASE, ROOT
+
+pytestmark = [pytest.mark.slow]
+
+SCRIPT = textwrap.dedent("""
+    import json, sys, time
+    import os, psutil, ray
+    from ray import tune
+    import raytune_torch as rt
+    from raytune_torch import _ray
+
+    started_with, logs = set(), []
+    run_tuner = _ray.run_tuner
+
+    def workers():
+        # Python workers: the raylet's children but its agents (a worker's title is ray::IDLE,
+        # or ray::<actor class> once it holds an actor).
+        raylets = [p for p in psutil.Process().children(recursive=True)
+                   if any(part.endswith("/raylet") for part in p.cmdline()[:1])]
+        return {p.pid for r in raylets for p in r.children()
+                if p.cmdline() and p.cmdline()[0].startswith(("ray::", "python")) and "Agent" not in p.cmdline()[0]}
+
+    def recording_run_tuner(*args, **kwargs):
+        # The workers the instance started by itself (one per CPU), before any trial actor.
+        deadline = time.monotonic() + 30
+        while len(workers()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        started_with.update(workers())
+        logs.append(ray._private.worker._global_node.get_logs_dir_path())
+        return run_tuner(*args, **kwargs)
+
+    _ray.run_tuner = recording_run_tuner
+
+    class Probe(tune.Callback):
+        pids = set()
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            Probe.pids.add(result["pid"])
+
+    experiment = json.loads(sys.argv[1])
+    result = rt.run(experiment, quiet=True, callbacks=[Probe()])
+    # Ray only logs a module that failed to preload; the workers' logs must not say so.
+    failed = [name for name in os.listdir(logs[0]) if name.startswith("worker")
+              and "Failed to preload" in open(os.path.join(logs[0], name), errors="replace").read()]
+    print(json.dumps({"started_with": sorted(started_with), "trial_pids": sorted(Probe.pids),
+                      "preload_failed_in": failed, "logs": logs[0],
+                      "trials": int(result.table["trial_id"].nunique())}))
+""")
+
+
+def test_trials_run_in_the_workers_started_with_the_instance(tmp_path):
+    experiment = {**BASE, "storage": str(tmp_path / "runs"),
+                  "space": {"optimizer__lr": {"type": "grid", "values": [0.001, 0.003, 0.01, 0.03]}}}
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(experiment)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["trials"] == 4
+    # Two CPUs, one per trial: the four trials share at most two reused workers, the ones Ray
+    # started with the instance (not new processes for the trial actors, which Tune's per-actor
+    # runtime environment would force).
+    assert len(report["started_with"]) >= 2, report
+    assert 1 <= len(report["trial_pids"]) <= 2, report
+    assert set(report["trial_pids"]) <= set(report["started_with"]), report
+    # Each of them imported torch and the trial code as it started (raytune_torch._preload).
+    assert report["preload_failed_in"] == [], report
