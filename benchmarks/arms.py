@@ -20,7 +20,9 @@ from typing import Any, Callable
 from . import workloads as wl
 
 PEERS = ("loop", "skorch_gridsearchcv", "optuna", "ray_tune_raw")
-OURS = ("raytune_torch_grid", "raytune_torch_random", "raytune_torch_asha")
+OURS = ("raytune_torch_grid", "raytune_torch_random", "raytune_torch_asha", "raytune_torch_grid_ckpt_end")
+# Peers that train every epoch of every grid point, as the grid arms do (Optuna prunes).
+FULL_GRID_PEERS = ("loop", "skorch_gridsearchcv", "ray_tune_raw")
 ALL_ARMS = PEERS + OURS
 # ASHA: grace period 2 epochs (1 when a trial has fewer than 8 epochs), reduction factor 2.
 ASHA_REDUCTION_FACTOR = 2
@@ -241,8 +243,9 @@ def arm_ray_tune_raw(workload: wl.Workload, storage: str) -> dict[str, Any]:
 def experiment(workload: wl.Workload, storage: str, arm: str) -> dict[str, Any]:
     """The raytune_torch experiment dict of ``arm`` (grid / random / asha) for ``workload``."""
     kind = "choice" if arm == "raytune_torch_random" else "grid"
+    name = arm
     exp: dict[str, Any] = {
-        "name": arm,
+        "name": name,
         "seed": wl.SEED,
         "storage": storage,
         "data": {"factory": "benchmarks.workloads:digits_splits"},
@@ -258,6 +261,10 @@ def experiment(workload: wl.Workload, storage: str, arm: str) -> dict[str, Any]:
     }
     if arm == "raytune_torch_random":
         exp["search"]["num_samples"] = workload.grid_size
+    if arm == "raytune_torch_grid_ckpt_end":
+        # The grid with one checkpoint per trial (at its end) instead of one per epoch: the
+        # difference to raytune_torch_grid is what per-epoch full-state checkpoints cost.
+        exp["checkpoint"] = {"every": workload.epochs}
     if arm == "raytune_torch_asha":
         exp["scheduler"] = {"name": "asha", "grace_period": asha_grace_period(workload.epochs),
                             "reduction_factor": ASHA_REDUCTION_FACTOR}

@@ -9,7 +9,7 @@ raytune_torch_asha (see benchmarks/README.md for what each does and how every fi
 
 This process stays light (no torch, no Ray): it runs the calibration and each arm in a fresh child
 process (``run.py --child ...``) and samples the memory (PSS) and CPU of the whole process tree,
-Ray's processes included, every 0.2 s from a thread.
+Ray's processes included, every 0.5 s from a thread.
 """
 
 from __future__ import annotations
@@ -37,10 +37,10 @@ from benchmarks import arms as A  # noqa: E402  (light: no torch, numpy or Ray a
 from benchmarks import workloads as wl  # noqa: E402
 
 NOISY_PCT = 15.0
-SAMPLE_INTERVAL_S = 0.2
+SAMPLE_INTERVAL_S = 0.5
 MB = 2 ** 20
-TABLE_COLUMNS = ("arm", "workload", "wall_s", "speedup_vs_fastest_peer", "parallel_efficiency",
-                 "per_trial_overhead_s", "best_val_accuracy", "epochs", "peak_rss_mb", "other_cpu_pct", "noisy")
+TABLE_COLUMNS = ("arm", "workload", "wall_s", "speedup_vs_fastest_peer", "speedup_vs_fastest_full_grid_peer",
+                 "parallel_efficiency", "per_trial_overhead_s", "best_val_accuracy", "epochs", "peak_rss_mb", "other_cpu_pct", "noisy")
 ARM_KEYS = ("arm", "workload", "wall_s", "ratio_to_fastest_peer", "speedup_vs_fastest_peer", "parallel_efficiency",
             "per_trial_overhead_s", "best_val_accuracy", "epochs", "trials", "peak_rss_mb", "other_cpu_pct", "noisy")
 
@@ -326,6 +326,16 @@ def arm_row(arm: str, workload: wl.Workload, child: dict[str, Any], calibration:
 
 def add_peer_ratios(rows: list[dict[str, Any]]) -> None:
     for name in {r["workload"] for r in rows}:
+        full = [r["wall_s"] for r in rows if r["workload"] == name and r["arm"] in A.FULL_GRID_PEERS and r["wall_s"]]
+        for r in rows:
+            if r["workload"] == name and full and r["wall_s"]:
+                r["speedup_vs_fastest_full_grid_peer"] = min(full) / r["wall_s"]
+        grid = next((r for r in rows if r["workload"] == name and r["arm"] == "raytune_torch_grid" and r["wall_s"]), None)
+        end = next((r for r in rows if r["workload"] == name and r["arm"] == "raytune_torch_grid_ckpt_end"
+                    and r["wall_s"]), None)
+        if grid and end:
+            # What checkpointing every epoch (raytune_torch_grid) adds to checkpointing once per trial.
+            grid["checkpoint_every_epoch_overhead"] = grid["wall_s"] / end["wall_s"] - 1
         peers = [r["wall_s"] for r in rows if r["workload"] == name and r["arm"] in A.PEERS and r["wall_s"]]
         fastest = min(peers) if peers else None
         for r in rows:
@@ -546,6 +556,11 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(markdown_table(rows))
     print()
+    for r in rows:
+        if "checkpoint_every_epoch_overhead" in r:
+            print(f"checkpoints every epoch vs once per trial ({r['workload']}): "
+                  f"{100 * r['checkpoint_every_epoch_overhead']:+.1f}% wall (raytune_torch_grid / "
+                  f"raytune_torch_grid_ckpt_end - 1)")
     print(data_sharing_lines(data_sharing))
     print(f"\nbenchmarks: {report['total_wall_s']:.0f}s in all; JSON in {args.out}", flush=True)
     if failed or args.keep:

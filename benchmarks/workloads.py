@@ -58,7 +58,7 @@ def get_workload(name: str, quick: bool = False) -> Workload:
         return Workload("mlp", "examples.models:MLP", "hidden", (1e-3, 3e-3, 1e-2, 3e-2), (32, 64, 128, 256),
                         epochs=16)
     if name == "cnn":
-        return Workload("cnn", "examples.models:DigitsCNN", "channels", (3e-4, 1e-3, 3e-3, 1e-2), (4, 8, 12, 16),
+        return Workload("cnn", "examples.models:DigitsCNN", "channels", (3e-4, 1e-3, 3e-3, 1e-2), (10, 20, 30, 40),
                         epochs=16)
     raise ValueError(f"unknown workload {name!r} (mlp, cnn)")
 

@@ -183,8 +183,32 @@ def _probe_gcs(address: str, token: Any) -> None:
         channel.close()
 
 
+def _stop_autoscaler_monitor() -> None:
+    """Kill the local instance's autoscaler monitor at once. ``ray.shutdown`` sends it SIGTERM,
+    which it ignores, and kills it after a one-second grace period: a second of every local run.
+    The monitor keeps no state worth a graceful exit (a single node, nothing to scale)."""
+    from ray._private import ray_constants
+    from ray._private import worker as ray_worker
+
+    node = getattr(ray_worker, "_global_node", None)
+    for info in (getattr(node, "all_processes", None) or {}).get(ray_constants.PROCESS_TYPE_MONITOR, []):
+        process = info.process
+        if process.poll() is None:
+            process.kill()
+            with contextlib.suppress(Exception):
+                process.wait(timeout=5)
+
+
+def is_running() -> bool:
+    """Whether this process is connected to Ray (started here or joined)."""
+    return ray.is_initialized()
+
+
 def shutdown() -> None:
+    """Disconnect; stop the processes of a private local instance started here."""
     global _LOCAL_INSTANCE
+    if _LOCAL_INSTANCE:
+        _stop_autoscaler_monitor()
     ray.shutdown()
     _LOCAL_INSTANCE = False
 

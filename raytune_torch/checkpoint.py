@@ -68,6 +68,23 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+class _HashingWriter:
+    """A write-only stream for ``torch.save`` that hashes and counts what passes through."""
+
+    def __init__(self, fh: Any) -> None:
+        self.fh = fh
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: Any) -> int:
+        self.digest.update(data)
+        self.size += len(data)
+        return self.fh.write(data)
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+
 def save_state(directory: str | os.PathLike, state: dict[str, Any]) -> Path:
     """Write ``state`` into ``directory`` atomically; returns the directory."""
     missing = STATE_KEYS - set(state)
@@ -77,10 +94,11 @@ def save_state(directory: str | os.PathLike, state: dict[str, Any]) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tmp = directory / (STATE_FILE + ".tmp")
-    torch.save(state, tmp)
+    with open(tmp, "wb") as fh:
+        out = _HashingWriter(fh)  # hashed as it is written: no second pass over the file
+        torch.save(state, out)
     os.replace(tmp, directory / STATE_FILE)
-    meta = {"format": FORMAT, "epoch": int(state["epoch"]), "bytes": (directory / STATE_FILE).stat().st_size,
-            "sha256": _sha256(directory / STATE_FILE)}
+    meta = {"format": FORMAT, "epoch": int(state["epoch"]), "bytes": out.size, "sha256": out.digest.hexdigest()}
     tmp_meta = directory / (META_FILE + ".tmp")
     tmp_meta.write_text(json.dumps(meta))
     os.replace(tmp_meta, directory / META_FILE)

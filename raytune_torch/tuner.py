@@ -29,15 +29,53 @@ def prepare(source: Any, **overrides: Any) -> tuple[ExperimentConfig, Splits]:
 
     Everything here happens before Ray starts, so bad input fails in seconds.
     """
+    config = _config(source, **overrides)
+    return config, _load_and_check(config)
+
+
+def _config(source: Any, **overrides: Any) -> ExperimentConfig:
     config = load_config(source, **overrides)
     for path in config.import_paths:
         if path not in sys.path:
             sys.path.append(path)
+    return config
+
+
+def _load_and_check(config: ExperimentConfig) -> Splits:
     data = load_splits(config.data, config.task, config.seed, import_paths=config.import_paths)
     from .trainable import preflight
 
     preflight(config, data, sp.representative_point(config.space))
-    return config, data
+    return data
+
+
+def _start(config: ExperimentConfig, address: str | None, token_file: str | None,
+           num_gpus: int | None) -> tuple[Splits, bool]:
+    """Load the data, run the preflight batch and start (or join) Ray; returns the data and
+    whether this call started Ray (then the caller stops it).
+
+    The experiment file was validated before this (a bad file never starts Ray). A private local
+    instance starts while the data loads and the preflight batch runs in a thread: starting Ray is
+    mostly waiting for its processes, and its workers import torch meanwhile. A data or preflight
+    error stops that instance again before it is raised. A cluster is joined after the checks.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from . import _ray
+
+    if address or _ray.is_running():
+        data = _load_and_check(config)
+        return data, (_ray.connect(address, token_file) if address else False)
+    with ThreadPoolExecutor(1, thread_name_prefix="raytune-torch-prepare") as pool:
+        loading = pool.submit(_load_and_check, config)
+        owned = _ray.start_local(num_gpus=num_gpus)  # in the main thread (Ray's signal handlers)
+        try:
+            data = loading.result()
+        except BaseException:
+            if owned:
+                _ray.shutdown()
+            raise
+    return data, owned
 
 
 def _serializable(raw: Any) -> Any:
@@ -84,8 +122,21 @@ def run(source: str | os.PathLike | dict | ExperimentConfig, *, address: str | N
     from . import _ray
 
     started = time.monotonic()
-    config, data = prepare(source, **overrides)
+    config = _config(source, **overrides)
     plan = _ray.build_search(config)  # fails early when a searcher is not installed
+    data, owned = _start(config, address, token_file, num_gpus)
+    try:
+        return _run_on_ray(config, data, plan, owned, quiet, started, callbacks)
+    except BaseException:
+        if owned and _ray.is_running():
+            _ray.shutdown()
+        raise
+
+
+def _run_on_ray(config: ExperimentConfig, data: Splits, plan: Any, owned: bool, quiet: bool, started: float,
+                callbacks: list | None):
+    from . import _ray
+
     storage = st.absolute(config.storage)
     run_dir = st.join(storage, config.name)
     local_dir = _local_dir(run_dir, fresh=True)
@@ -104,8 +155,7 @@ def run(source: str | os.PathLike | dict | ExperimentConfig, *, address: str | N
         return _ray.run_tuner(config, shared, run_dir_parent=storage, callbacks=[*console, *(callbacks or [])],
                               plan=plan, staging=_staging(run_dir, local_dir))
 
-    return _tune_on_ray(config, data, run_dir, address, quiet, started, tune, num_gpus=num_gpus,
-                        local_dir=local_dir, token_file=token_file)
+    return _tune_on_ray(config, data, run_dir, owned, quiet, started, tune, local_dir=local_dir)
 
 
 def _local_dir(run_dir: str, fresh: bool) -> str:
@@ -126,16 +176,14 @@ def _staging(run_dir: str, local_dir: str) -> tuple[str, str] | None:
     return (local_dir, run_dir) if st.is_uri(run_dir) else None
 
 
-def _tune_on_ray(config: ExperimentConfig, data: Splits, run_dir: str, address: str | None, quiet: bool,
-                 started: float, tune: Any, num_gpus: int | None = None, local_dir: str | None = None,
-                 token_file: str | None = None):
-    """Start (or join) Ray, check resources and storage, share the data, tune, write the results,
-    stop Ray."""
+def _tune_on_ray(config: ExperimentConfig, data: Splits, run_dir: str, owned: bool, quiet: bool,
+                 started: float, tune: Any, local_dir: str | None = None):
+    """On Ray (started or joined by :func:`_start`; ``owned``: stop it at the end): check
+    resources and storage, share the data, tune, write the results."""
     from . import _ray
     from .results import TuneResult, write_results
 
     local_dir = local_dir or run_dir
-    owned = _ray.connect(address, token_file) if address else _ray.start_local(num_gpus=num_gpus)
     try:
         cluster = _ray.check_resources(config.resources.cpu, config.resources.gpu)
         _echo(f"raytune-torch: Ray with {cluster['cpus']:g} CPU(s), {cluster['gpus']:g} GPU(s) on "
@@ -185,8 +233,8 @@ def resume(run_dir: str | os.PathLike, *, address: str | None = None, quiet: boo
     if os.path.isfile(os.path.join(local_dir, "best.json")):
         raise ResultsError(f"the run in {shown!r} already finished; see `raytune-torch results {shown}` "
                            f"(to tune again, run the experiment under a new --name)")
-    config, data = prepare(saved)
+    config = _config(saved)
+    data, owned = _start(config, address, token_file, None)
     _echo(f"raytune-torch: resuming {config.name} from {shown}", quiet)
-    return _tune_on_ray(config, data, run_dir, address, quiet, started,
-                        lambda shared: _ray.restore_tuner(run_dir, config, shared), local_dir=local_dir,
-                        token_file=token_file)
+    return _tune_on_ray(config, data, run_dir, owned, quiet, started,
+                        lambda shared: _ray.restore_tuner(run_dir, config, shared), local_dir=local_dir)

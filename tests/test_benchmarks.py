@@ -16,8 +16,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 ARMS = ("loop", "skorch_gridsearchcv", "optuna", "ray_tune_raw", "raytune_torch_grid", "raytune_torch_random",
-        "raytune_torch_asha")
-GRID_ARMS = ("loop", "skorch_gridsearchcv", "ray_tune_raw", "raytune_torch_grid", "raytune_torch_random")
+        "raytune_torch_asha", "raytune_torch_grid_ckpt_end")
+GRID_ARMS = ("loop", "skorch_gridsearchcv", "ray_tune_raw", "raytune_torch_grid", "raytune_torch_random",
+             "raytune_torch_grid_ckpt_end")
 KEYS = ("arm", "workload", "wall_s", "ratio_to_fastest_peer", "speedup_vs_fastest_peer", "parallel_efficiency",
         "per_trial_overhead_s", "best_val_accuracy", "epochs", "trials", "peak_rss_mb", "other_cpu_pct", "noisy")
 
@@ -76,3 +77,9 @@ def test_quick_benchmark_reports_every_arm(tmp_path):
     assert grid_size <= rows["raytune_torch_asha"]["epochs"] <= grid_epochs
     assert min(rows[a]["ratio_to_fastest_peer"] for a in ("loop", "skorch_gridsearchcv", "optuna", "ray_tune_raw")) \
         == pytest.approx(1.0)
+    full_grid = min(rows[a]["wall_s"] for a in ("loop", "skorch_gridsearchcv", "ray_tune_raw"))
+    for name, row in rows.items():
+        assert row["speedup_vs_fastest_full_grid_peer"] == pytest.approx(full_grid / row["wall_s"]), name
+    overhead = rows["raytune_torch_grid"]["checkpoint_every_epoch_overhead"]
+    assert overhead == pytest.approx(rows["raytune_torch_grid"]["wall_s"] / rows["raytune_torch_grid_ckpt_end"]["wall_s"] - 1)
+    assert "checkpoints every epoch vs once per trial (mlp)" in stdout
