@@ -318,7 +318,9 @@ def data_experiment(case: str, storage: str) -> dict[str, Any]:
         "storage": storage,
         "data": {"factory": "benchmarks.workloads:big_blobs", "factory_args": {"rows": rows, "features": FEATURES}},
         "model": {"name": "examples.models:MLP", "args": {"hidden": 32}},
-        "train": {"max_epochs": 1, "batch_size": 8192, "metrics": ["accuracy"]},
+        # Three epochs: long enough that all four trials are alive at once (two start in the
+        # workers Ray starts with the instance, two in workers started for them).
+        "train": {"max_epochs": 3, "batch_size": 8192, "metrics": ["accuracy"]},
         "space": {"optimizer__lr": {"type": "grid", "values": lrs}},
         "search": {"algorithm": "grid", "metric": "val_accuracy", "mode": "max", "max_concurrent": 4},
         "resources": {"cpu": 0.5},
