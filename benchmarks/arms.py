@@ -243,9 +243,8 @@ def arm_ray_tune_raw(workload: wl.Workload, storage: str) -> dict[str, Any]:
 def experiment(workload: wl.Workload, storage: str, arm: str) -> dict[str, Any]:
     """The raytune_torch experiment dict of ``arm`` (grid / random / asha) for ``workload``."""
     kind = "choice" if arm == "raytune_torch_random" else "grid"
-    name = arm
     exp: dict[str, Any] = {
-        "name": name,
+        "name": arm,
         "seed": wl.SEED,
         "storage": storage,
         "data": {"factory": "benchmarks.workloads:digits_splits"},

@@ -40,7 +40,8 @@ NOISY_PCT = 15.0
 SAMPLE_INTERVAL_S = 0.5
 MB = 2 ** 20
 TABLE_COLUMNS = ("arm", "workload", "wall_s", "speedup_vs_fastest_peer", "speedup_vs_fastest_full_grid_peer",
-                 "parallel_efficiency", "per_trial_overhead_s", "best_val_accuracy", "epochs", "peak_rss_mb", "other_cpu_pct", "noisy")
+                 "parallel_efficiency", "per_trial_overhead_s", "best_val_accuracy", "epochs", "peak_rss_mb",
+                 "other_cpu_pct", "noisy")
 ARM_KEYS = ("arm", "workload", "wall_s", "ratio_to_fastest_peer", "speedup_vs_fastest_peer", "parallel_efficiency",
             "per_trial_overhead_s", "best_val_accuracy", "epochs", "trials", "peak_rss_mb", "other_cpu_pct", "noisy")
 
@@ -326,25 +327,24 @@ def arm_row(arm: str, workload: wl.Workload, child: dict[str, Any], calibration:
 
 def add_peer_ratios(rows: list[dict[str, Any]]) -> None:
     for name in {r["workload"] for r in rows}:
-        full = [r["wall_s"] for r in rows if r["workload"] == name and r["arm"] in A.FULL_GRID_PEERS and r["wall_s"]]
-        for r in rows:
-            if r["workload"] == name and full and r["wall_s"]:
-                r["speedup_vs_fastest_full_grid_peer"] = min(full) / r["wall_s"]
-        grid = next((r for r in rows if r["workload"] == name and r["arm"] == "raytune_torch_grid" and r["wall_s"]), None)
-        end = next((r for r in rows if r["workload"] == name and r["arm"] == "raytune_torch_grid_ckpt_end"
-                    and r["wall_s"]), None)
+        timed = [r for r in rows if r["workload"] == name and r["wall_s"]]
+
+        def of(*arms: str) -> list[dict[str, Any]]:
+            return [r for r in timed if r["arm"] in arms]
+
+        fastest = min(of(*A.PEERS), key=lambda r: r["wall_s"], default=None)
+        fastest_full = min((r["wall_s"] for r in of(*A.FULL_GRID_PEERS)), default=None)
+        for r in timed:
+            if fastest:
+                r["ratio_to_fastest_peer"] = r["wall_s"] / fastest["wall_s"]
+                r["speedup_vs_fastest_peer"] = fastest["wall_s"] / r["wall_s"]
+                r["fastest_peer"] = fastest["arm"]
+            if fastest_full:
+                r["speedup_vs_fastest_full_grid_peer"] = fastest_full / r["wall_s"]
+        grid, end = of("raytune_torch_grid"), of("raytune_torch_grid_ckpt_end")
         if grid and end:
             # What checkpointing every epoch (raytune_torch_grid) adds to checkpointing once per trial.
-            grid["checkpoint_every_epoch_overhead"] = grid["wall_s"] / end["wall_s"] - 1
-        peers = [r["wall_s"] for r in rows if r["workload"] == name and r["arm"] in A.PEERS and r["wall_s"]]
-        fastest = min(peers) if peers else None
-        for r in rows:
-            if r["workload"] != name:
-                continue
-            if fastest and r["wall_s"]:
-                r["ratio_to_fastest_peer"] = r["wall_s"] / fastest
-                r["speedup_vs_fastest_peer"] = fastest / r["wall_s"]
-                r["fastest_peer"] = next(p["arm"] for p in rows if p["workload"] == name and p["wall_s"] == fastest)
+            grid[0]["checkpoint_every_epoch_overhead"] = grid[0]["wall_s"] / end[0]["wall_s"] - 1
 
 
 def _fmt(value: Any, column: str) -> str:

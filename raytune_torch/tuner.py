@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -124,17 +125,12 @@ def run(source: str | os.PathLike | dict | ExperimentConfig, *, address: str | N
     started = time.monotonic()
     config = _config(source, **overrides)
     plan = _ray.build_search(config)  # fails early when a searcher is not installed
-    data, owned = _start(config, address, token_file, num_gpus)
-    try:
-        return _run_on_ray(config, data, plan, owned, quiet, started, callbacks)
-    except BaseException:
-        if owned and _ray.is_running():
-            _ray.shutdown()
-        raise
+    with _on_ray(config, address, token_file, num_gpus) as data:
+        run_dir = _run_on_ray(config, data, plan, quiet, callbacks)
+    return _finished(run_dir, started, quiet)
 
 
-def _run_on_ray(config: ExperimentConfig, data: Splits, plan: Any, owned: bool, quiet: bool, started: float,
-                callbacks: list | None):
+def _run_on_ray(config: ExperimentConfig, data: Splits, plan: Any, quiet: bool, callbacks: list | None) -> str:
     from . import _ray
 
     storage = st.absolute(config.storage)
@@ -155,7 +151,8 @@ def _run_on_ray(config: ExperimentConfig, data: Splits, plan: Any, owned: bool, 
         return _ray.run_tuner(config, shared, run_dir_parent=storage, callbacks=[*console, *(callbacks or [])],
                               plan=plan, staging=_staging(run_dir, local_dir))
 
-    return _tune_on_ray(config, data, run_dir, owned, quiet, started, tune, local_dir=local_dir)
+    _tune_on_ray(config, data, run_dir, quiet, tune, local_dir=local_dir)
+    return run_dir
 
 
 def _local_dir(run_dir: str, fresh: bool) -> str:
@@ -176,30 +173,44 @@ def _staging(run_dir: str, local_dir: str) -> tuple[str, str] | None:
     return (local_dir, run_dir) if st.is_uri(run_dir) else None
 
 
-def _tune_on_ray(config: ExperimentConfig, data: Splits, run_dir: str, owned: bool, quiet: bool,
-                 started: float, tune: Any, local_dir: str | None = None):
-    """On Ray (started or joined by :func:`_start`; ``owned``: stop it at the end): check
-    resources and storage, share the data, tune, write the results."""
+@contextlib.contextmanager
+def _on_ray(config: ExperimentConfig, address: str | None, token_file: str | None, num_gpus: int | None):
+    """Load the data and start (or join) Ray (:func:`_start`); yields the data and stops Ray at
+    the end when it was started here."""
     from . import _ray
-    from .results import TuneResult, write_results
 
-    local_dir = local_dir or run_dir
+    data, owned = _start(config, address, token_file, num_gpus)
     try:
-        cluster = _ray.check_resources(config.resources.cpu, config.resources.gpu)
-        _echo(f"raytune-torch: Ray with {cluster['cpus']:g} CPU(s), {cluster['gpus']:g} GPU(s) on "
-              f"{cluster['nodes']} node(s); each trial {{cpu: {config.resources.cpu:g}, gpu: {config.resources.gpu:g}}}",
-              quiet)
-        if st.is_uri(run_dir) or cluster["nodes"] > 1:
-            probed = _ray.check_storage(run_dir)
-            _echo(f"raytune-torch: storage {st.display(run_dir)} written and read from {probed} node(s)", quiet)
-        shared, data = _ray.share(data)  # the driver keeps a view of the stored copy, not its own
-        grid = tune(shared)
-        write_results(run_dir, config, data, grid, local_dir=local_dir)
-        if st.is_uri(run_dir):  # the rest was uploaded as it changed (HistoryCallback)
-            st.Mirror(local_dir, run_dir).sync(("results.parquet", "best.json"))
+        yield data
     finally:
         if owned:
             _ray.shutdown()
+
+
+def _tune_on_ray(config: ExperimentConfig, data: Splits, run_dir: str, quiet: bool, tune: Any,
+                 local_dir: str | None = None) -> None:
+    """On Ray: check resources and storage, share the data, tune, write the results."""
+    from . import _ray
+    from .results import write_results
+
+    local_dir = local_dir or run_dir
+    cluster = _ray.check_resources(config.resources.cpu, config.resources.gpu)
+    _echo(f"raytune-torch: Ray with {cluster['cpus']:g} CPU(s), {cluster['gpus']:g} GPU(s) on "
+          f"{cluster['nodes']} node(s); each trial {{cpu: {config.resources.cpu:g}, gpu: {config.resources.gpu:g}}}",
+          quiet)
+    if st.is_uri(run_dir) or cluster["nodes"] > 1:
+        probed = _ray.check_storage(run_dir)
+        _echo(f"raytune-torch: storage {st.display(run_dir)} written and read from {probed} node(s)", quiet)
+    shared, data = _ray.share(data)  # the driver keeps a view of the stored copy, not its own
+    grid = tune(shared)
+    write_results(run_dir, config, data, grid, local_dir=local_dir)
+    if st.is_uri(run_dir):  # the rest was uploaded as it changed (HistoryCallback)
+        st.Mirror(local_dir, run_dir).sync(("results.parquet", "best.json"))
+
+
+def _finished(run_dir: str, started: float, quiet: bool):
+    from .results import TuneResult
+
     result = TuneResult(run_dir)
     _echo(result.summary(elapsed=time.monotonic() - started), quiet)
     return result
@@ -234,7 +245,8 @@ def resume(run_dir: str | os.PathLike, *, address: str | None = None, quiet: boo
         raise ResultsError(f"the run in {shown!r} already finished; see `raytune-torch results {shown}` "
                            f"(to tune again, run the experiment under a new --name)")
     config = _config(saved)
-    data, owned = _start(config, address, token_file, None)
-    _echo(f"raytune-torch: resuming {config.name} from {shown}", quiet)
-    return _tune_on_ray(config, data, run_dir, owned, quiet, started,
-                        lambda shared: _ray.restore_tuner(run_dir, config, shared), local_dir=local_dir)
+    with _on_ray(config, address, token_file, None) as data:
+        _echo(f"raytune-torch: resuming {config.name} from {shown}", quiet)
+        _tune_on_ray(config, data, run_dir, quiet, lambda shared: _ray.restore_tuner(run_dir, config, shared),
+                     local_dir=local_dir)
+    return _finished(run_dir, started, quiet)
