@@ -36,6 +36,33 @@ def test_grid_search_writes_results_table_and_best(experiment):
     assert best["checkpoint"] and best["status_counts"] == {"completed": 2}
 
 
+def test_reported_checkpoints_are_registered_without_asking_the_trial_again(experiment, monkeypatch):
+    """Each epoch's checkpoint reaches Tune's bookkeeping with its result: Tune's own save request
+    (a second actor round trip per checkpointed epoch) is not made for this library's trials."""
+    from ray.tune.execution.tune_controller import TuneController
+
+    requested, registered = [], []
+    save, process = TuneController._schedule_trial_save, TuneController._process_trial_save
+
+    def spy_save(self, trial, result=None):
+        requested.append(trial.trial_id)
+        return save(self, trial, result)
+
+    def spy_process(self, trial, value):
+        registered.append((trial.trial_id, value.checkpoint.path, value.metrics["epoch"]))
+        return process(self, trial, value)
+
+    monkeypatch.setattr(TuneController, "_schedule_trial_save", spy_save)
+    monkeypatch.setattr(TuneController, "_process_trial_save", spy_process)
+    result = rt.run(experiment, quiet=True)
+    assert requested == []
+    assert len(registered) == 4  # 2 trials x 2 epochs, each with its own checkpoint
+    for trial_id, path, epoch in registered:
+        assert path.endswith(f"/trial_{trial_id}/checkpoint_{epoch - 1:06d}"), path
+    best = json.loads(open(f"{result.run_dir}/best.json").read())
+    assert best["checkpoint"].rstrip("/") in {path for _, path, _ in registered}
+
+
 def test_load_model_returns_best_trained_model_in_eval_mode(experiment):
     experiment["data"]["test_fraction"] = 0.2
     result = rt.run(experiment, quiet=True)
