@@ -125,12 +125,13 @@ def run(source: str | os.PathLike | dict | ExperimentConfig, *, address: str | N
     started = time.monotonic()
     config = _config(source, **overrides)
     plan = _ray.build_search(config)  # fails early when a searcher is not installed
-    with _on_ray(config, address, token_file, num_gpus) as data:
-        run_dir = _run_on_ray(config, data, plan, quiet, callbacks)
+    with _on_ray(config, address, token_file, num_gpus) as (shared, data):
+        run_dir = _run_on_ray(config, shared, data, plan, quiet, callbacks)
     return _finished(run_dir, started, quiet)
 
 
-def _run_on_ray(config: ExperimentConfig, data: Splits, plan: Any, quiet: bool, callbacks: list | None) -> str:
+def _run_on_ray(config: ExperimentConfig, shared: Any, data: Splits, plan: Any, quiet: bool,
+                callbacks: list | None) -> str:
     from . import _ray
 
     storage = st.absolute(config.storage)
@@ -145,7 +146,7 @@ def _run_on_ray(config: ExperimentConfig, data: Splits, plan: Any, quiet: bool, 
     if plan.note:
         _echo(f"raytune-torch: {plan.note}", quiet)
 
-    def tune(shared: Any) -> Any:
+    def tune() -> Any:
         console = [] if quiet else [_ray.ConsoleCallback(config.search.metric, plan.total,
                                                             max_epochs=config.train.max_epochs)]
         return _ray.run_tuner(config, shared, run_dir_parent=storage, callbacks=[*console, *(callbacks or [])],
@@ -175,13 +176,19 @@ def _staging(run_dir: str, local_dir: str) -> tuple[str, str] | None:
 
 @contextlib.contextmanager
 def _on_ray(config: ExperimentConfig, address: str | None, token_file: str | None, num_gpus: int | None):
-    """Load the data and start (or join) Ray (:func:`_start`); yields the data and stops Ray at
-    the end when it was started here."""
+    """Load the data and start (or join) Ray (:func:`_start`), then put the data in the object
+    store; yields ``(shared, data)``: the handle trials read it through and the driver's zero-copy
+    view of that stored copy. Stops Ray at the end when it was started here.
+
+    The arrays the data factory returned are dropped once stored (nothing here keeps them), so
+    the driver holds no second copy of the dataset while the trials run.
+    """
     from . import _ray
 
     data, owned = _start(config, address, token_file, num_gpus)
     try:
-        yield data
+        shared, data = _ray.share(data)  # rebinding `data` drops the last reference to the arrays
+        yield shared, data
     finally:
         if owned:
             _ray.shutdown()
@@ -189,7 +196,7 @@ def _on_ray(config: ExperimentConfig, address: str | None, token_file: str | Non
 
 def _tune_on_ray(config: ExperimentConfig, data: Splits, run_dir: str, quiet: bool, tune: Any,
                  local_dir: str | None = None) -> None:
-    """On Ray: check resources and storage, share the data, tune, write the results."""
+    """On Ray: check resources and storage, tune, write the results."""
     from . import _ray
     from .results import write_results
 
@@ -201,8 +208,7 @@ def _tune_on_ray(config: ExperimentConfig, data: Splits, run_dir: str, quiet: bo
     if st.is_uri(run_dir) or cluster["nodes"] > 1:
         probed = _ray.check_storage(run_dir)
         _echo(f"raytune-torch: storage {st.display(run_dir)} written and read from {probed} node(s)", quiet)
-    shared, data = _ray.share(data)  # the driver keeps a view of the stored copy, not its own
-    grid = tune(shared)
+    grid = tune()
     write_results(run_dir, config, data, grid, local_dir=local_dir)
     if st.is_uri(run_dir):  # the rest was uploaded as it changed (HistoryCallback)
         st.Mirror(local_dir, run_dir).sync(("results.parquet", "best.json"))
@@ -245,8 +251,8 @@ def resume(run_dir: str | os.PathLike, *, address: str | None = None, quiet: boo
         raise ResultsError(f"the run in {shown!r} already finished; see `raytune-torch results {shown}` "
                            f"(to tune again, run the experiment under a new --name)")
     config = _config(saved)
-    with _on_ray(config, address, token_file, None) as data:
+    with _on_ray(config, address, token_file, None) as (shared, data):
         _echo(f"raytune-torch: resuming {config.name} from {shown}", quiet)
-        _tune_on_ray(config, data, run_dir, quiet, lambda shared: _ray.restore_tuner(run_dir, config, shared),
+        _tune_on_ray(config, data, run_dir, quiet, lambda: _ray.restore_tuner(run_dir, config, shared),
                      local_dir=local_dir)
     return _finished(run_dir, started, quiet)

@@ -65,3 +65,21 @@ def barrier_step(ctx, xb, yb):
             time.sleep(0.05)
         barrier_step.passed = True
     return default_step(ctx, xb, yb)
+
+
+# Weak references to the feature arrays the last `watched_digits` call returned (driver side).
+WATCHED: list = []
+
+
+def watched_digits():
+    """Digits already split into float32 features (used as they are, not copied), with weak
+    references kept in WATCHED: a test can tell whether anything still holds the arrays."""
+    import weakref
+
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    X_tr, X_va = X[:1400].copy(), X[1400:].copy()
+    WATCHED[:] = [weakref.ref(X_tr), weakref.ref(X_va)]
+    return {"train": (X_tr, y[:1400]), "val": (X_va, y[1400:])}

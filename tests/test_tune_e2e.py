@@ -63,6 +63,29 @@ def test_reported_checkpoints_are_registered_without_asking_the_trial_again(expe
     assert best["checkpoint"].rstrip("/") in {path for _, path, _ in registered}
 
 
+def test_driver_keeps_no_copy_of_the_data_while_trials_run(experiment):
+    """Once the data is in the object store, nothing in the driver holds the arrays the factory
+    returned: the stored copy is the only one for the rest of the run."""
+    import gc
+
+    from ray import tune
+
+    from tests import helpers_steps
+
+    alive = []
+
+    class Watch(tune.Callback):
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            gc.collect()
+            alive.append([ref() is not None for ref in helpers_steps.WATCHED])
+
+    experiment["data"] = {"factory": "tests.helpers_steps:watched_digits"}
+    result = rt.run(experiment, quiet=True, callbacks=[Watch()])
+    assert len(helpers_steps.WATCHED) == 2 and len(alive) == 4
+    assert not any(any(flags) for flags in alive), alive
+    assert result.best_metrics["val_accuracy"] > 0.5
+
+
 def test_load_model_returns_best_trained_model_in_eval_mode(experiment):
     experiment["data"]["test_fraction"] = 0.2
     result = rt.run(experiment, quiet=True)
