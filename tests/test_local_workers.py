@@ -7,6 +7,7 @@ instance (this test session's shared instance has used its own up long ago).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -79,3 +80,17 @@ def test_trials_run_in_the_workers_started_with_the_instance(tmp_path):
     assert set(report["trial_pids"]) <= set(report["started_with"]), report
     # Each of them imported torch and the trial code as it started (raytune_torch._preload).
     assert report["preload_failed_in"] == [], report
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="GPU device nodes are looked up on Linux")
+def test_no_gpu_driver_means_no_torch_import_before_ray_starts():
+    """Without a GPU driver's device node the local instance advertises 0 GPUs without importing
+    torch first (2 s on the critical path; the data loader imports it in its own thread)."""
+    from raytune_torch import _ray
+
+    if any(os.path.exists(p) for p in _ray._GPU_DEVICE_NODES):
+        pytest.skip("this machine has a GPU driver: torch is asked how many GPUs it can use")
+    code = "import sys; from raytune_torch import _ray; print(_ray._cuda_count(), 'torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["0", "False"]
