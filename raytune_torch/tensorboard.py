@@ -129,7 +129,16 @@ def session_end(failed: bool):
 
 
 class TensorBoardLogger:
-    """Writes a run's TensorBoard files from the driver, one writer per trial directory."""
+    """Writes a run's TensorBoard files from the driver, one writer per trial directory.
+
+    A trial's first epoch (with its HParams session start) is flushed at once, so a new trial
+    shows up in TensorBoard as soon as it reports; later epochs are flushed by each writer's own
+    thread within ``FLUSH_SECS``, and a trial's end at once. Flushing every epoch took about
+    1 ms of the driver's time per result, and the trial waits for the driver before its next
+    epoch.
+    """
+
+    FLUSH_SECS = 2
 
     def __init__(self, space: Mapping[str, Any], metric_names: tuple[str, ...], max_epochs: int) -> None:
         self.space = dict(space)
@@ -144,7 +153,7 @@ class TensorBoardLogger:
 
         writer = self._writers.get(directory)
         if writer is None:
-            writer = SummaryWriter(log_dir=directory, flush_secs=3600, max_queue=1000)
+            writer = SummaryWriter(log_dir=directory, flush_secs=self.FLUSH_SECS, max_queue=1000)
             self._writers[directory] = writer
         return writer
 
@@ -184,14 +193,16 @@ class TensorBoardLogger:
         if epoch in seen:
             return
         writer = self._writer(trial_dir)
-        if not seen:
+        first = not seen
+        if first:
             writer._get_file_writer().add_summary(session_start(params, self.space))
         for key, value in row.items():
             tag = tag_for(key)
             if tag is not None and isinstance(value, (int, float)):
                 writer.add_scalar(tag, value, epoch)
         seen.add(epoch)
-        writer.flush()
+        if first:
+            writer.flush()
 
     def end_trial(self, trial_dir: str, last: Mapping[str, Any], failed: bool) -> None:
         writer = self._writer(trial_dir)
