@@ -631,3 +631,23 @@ def test_capture_and_restore_rng(tmp_path):
     a = _draws(torch.Generator().manual_seed(0))
     ckpt.restore_rng(no_shuffle)
     assert _draws(torch.Generator().manual_seed(0)) == a
+
+
+def test_pruning_during_a_run_warns_instead_of_failing(tmp_path, caplog):
+    """The driver's pruning thread: a checkpoint it cannot prune is logged and left for the
+    results step; the run is not stopped."""
+    import logging
+
+    from raytune_torch._ray import _prune_or_warn
+
+    missing = tmp_path / "trial_x" / "checkpoint_000003"  # its folder is gone: the marker cannot be written
+    with caplog.at_level(logging.WARNING, logger="raytune_torch"):
+        _prune_or_warn(str(missing), None)
+    assert "could not prune checkpoint" in caplog.text and str(missing) in caplog.text
+
+    kept = tmp_path / "checkpoint_000001"
+    ckpt.save_state(kept, {"format": ckpt.FORMAT, "epoch": 1, "model": {}, "optimizer": {}, "lr_scheduler": None,
+                           "scaler": None, "early_stopping": {}, "rng": {}, "params": {}, "trial_seed": 0,
+                           "history": []})
+    _prune_or_warn(str(kept), None)
+    assert not (kept / ckpt.STATE_FILE).exists() and (kept / ckpt.PRUNED_FILE).is_file()
