@@ -11,7 +11,6 @@ half-written checkpoint is never picked up. Loading uses ``torch.load(weights_on
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import random
@@ -86,22 +85,6 @@ class _HashingWriter:
         self.fh.flush()
 
 
-# States whose tensors add up to at most this are serialized in memory and written in one call:
-# a 1.4 MB state takes 2.6 ms that way against 3.7 ms streamed to the file in about 200 writes.
-# Bigger ones are streamed, so that a large model never needs a second copy in memory.
-BUFFERED_MAX_BYTES = 64 << 20
-
-
-def _tensor_bytes(obj: Any) -> int:
-    if isinstance(obj, torch.Tensor):
-        return obj.numel() * obj.element_size()
-    if isinstance(obj, dict):
-        return sum(_tensor_bytes(v) for v in obj.values())
-    if isinstance(obj, (list, tuple)):
-        return sum(_tensor_bytes(v) for v in obj)
-    return 0
-
-
 def save_state(directory: str | os.PathLike, state: dict[str, Any]) -> Path:
     """Write ``state`` into ``directory`` atomically; returns the directory."""
     missing = STATE_KEYS - set(state)
@@ -112,18 +95,10 @@ def save_state(directory: str | os.PathLike, state: dict[str, Any]) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     tmp = directory / (STATE_FILE + ".tmp")
     with open(tmp, "wb") as fh:
-        if _tensor_bytes(state) <= BUFFERED_MAX_BYTES:
-            buffer = io.BytesIO()
-            torch.save(state, buffer)
-            with buffer.getbuffer() as data:
-                digest, size = hashlib.sha256(data), len(data)
-                fh.write(data)
-        else:
-            out = _HashingWriter(fh)  # hashed as it is written: no second pass over the file
-            torch.save(state, out)
-            digest, size = out.digest, out.size
+        out = _HashingWriter(fh)  # hashed as it is written: no second pass over the file
+        torch.save(state, out)
     os.replace(tmp, directory / STATE_FILE)
-    meta = {"format": FORMAT, "epoch": int(state["epoch"]), "bytes": size, "sha256": digest.hexdigest()}
+    meta = {"format": FORMAT, "epoch": int(state["epoch"]), "bytes": out.size, "sha256": out.digest.hexdigest()}
     tmp_meta = directory / (META_FILE + ".tmp")
     tmp_meta.write_text(json.dumps(meta))
     os.replace(tmp_meta, directory / META_FILE)

@@ -505,27 +505,6 @@ def test_save_and_load_round_trip(tmp_path):
     assert torch.equal(opt.state[fresh.weight]["exp_avg"], state["optimizer"]["state"][0]["exp_avg"])
 
 
-def test_small_states_are_buffered_big_ones_streamed_to_the_same_bytes(tmp_path, monkeypatch):
-    """Below BUFFERED_MAX_BYTES a state is serialized in memory and written at once, above it is
-    streamed to the file; both give the same file, size and hash, and load the same."""
-    state = _state(nn.Linear(4, 256))
-    assert 0 < ckpt._tensor_bytes(state) <= ckpt.BUFFERED_MAX_BYTES
-    writes = []
-    real_write = ckpt._HashingWriter.write
-    monkeypatch.setattr(ckpt._HashingWriter, "write", lambda self, data: writes.append(len(data)) or real_write(self, data))
-    buffered = ckpt.save_state(tmp_path / "buffered", state)
-    assert not writes  # the buffered path does not stream
-    monkeypatch.setattr(ckpt, "BUFFERED_MAX_BYTES", ckpt._tensor_bytes(state) - 1)
-    streamed = ckpt.save_state(tmp_path / "streamed", state)
-    assert sum(writes) == (streamed / "state.pt").stat().st_size
-    assert (buffered / "state.pt").read_bytes() == (streamed / "state.pt").read_bytes()
-    meta_b, meta_s = ckpt.read_meta(buffered), ckpt.read_meta(streamed)
-    assert meta_b["sha256"] == meta_s["sha256"] == ckpt._sha256(buffered / "state.pt")
-    assert meta_b["bytes"] == meta_s["bytes"]
-    for directory in (buffered, streamed):
-        assert torch.equal(ckpt.load_state(directory)["model"]["weight"], state["model"]["weight"])
-
-
 def test_truncated_state_file(tmp_path):
     directory = ckpt.save_state(tmp_path / "ck", _state())
     state_path = directory / "state.pt"
