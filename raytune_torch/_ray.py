@@ -119,7 +119,7 @@ _class_cache._ActorClassCache.get = _local_actor_class
 # function trainable reports a checkpoint, the worker has already persisted it to storage and put
 # its folder name in the result (``checkpoint_dir_name``). Tune then calls the actor's ``save``,
 # a second round trip whose only answer is that same checkpoint, and the trial waits for it before
-# its next epoch: about 3.5 ms of every checkpointed epoch here. For this library's trainables the
+# its next epoch: about 2 ms of every checkpointed epoch here. For this library's trainables the
 # driver builds the checkpoint from the result and registers it the way Tune's save callback
 # would. Saves Tune asks for itself (pausing a trial, PBT's exploit) keep the round trip.
 from ray.train._internal.session import _TrainingResult  # noqa: E402

@@ -134,8 +134,8 @@ class TensorBoardLogger:
     A trial's first epoch (with its HParams session start) is flushed at once, so a new trial
     shows up in TensorBoard as soon as it reports; later epochs are flushed by each writer's own
     thread within ``FLUSH_SECS``, and a trial's end at once. Flushing every epoch took about
-    1 ms of the driver's time per result, and the trial waits for the driver before its next
-    epoch.
+    0.4 ms of the driver's time per result (median), and the trial waits for the driver before
+    its next epoch.
     """
 
     FLUSH_SECS = 2
