@@ -122,6 +122,8 @@ _class_cache._ActorClassCache.get = _local_actor_class
 # its next epoch: about 2 ms of every checkpointed epoch here. For this library's trainables the
 # driver builds the checkpoint from the result and registers it the way Tune's save callback
 # would. Saves Tune asks for itself (pausing a trial, PBT's exploit) keep the round trip.
+from pathlib import PurePosixPath  # noqa: E402
+
 from ray.train._internal.session import _TrainingResult  # noqa: E402
 from ray.tune.execution import tune_controller as _tune_controller  # noqa: E402
 
@@ -135,8 +137,6 @@ def _checkpoint_from_result(self: Any, trial: Any, force: bool = False) -> None:
             and trial.temporary_state.ray_actor and not trial.is_saving):
         _tune_checkpoint_if_needed(self, trial, force=force)
         return
-    from pathlib import PurePosixPath
-
     path = PurePosixPath(trial.storage.trial_fs_path, name).as_posix()
     checkpoint = tune.Checkpoint(path, filesystem=trial.storage.storage_filesystem)
     # What the actor's save() would return: the checkpoint and the result it came with.
@@ -753,7 +753,7 @@ class HistoryCallback(tune.Callback):
             self._pruner = ThreadPoolExecutor(1, thread_name_prefix="raytune-torch-prune")
         self._pruner.submit(_prune_or_warn, path, fs)
 
-    def wait_for_pruning(self) -> None:
+    def _wait_for_pruning(self) -> None:
         if self._pruner is not None:
             self._pruner.shutdown(wait=True)
             self._pruner = None
@@ -769,7 +769,7 @@ class HistoryCallback(tune.Callback):
         self._end(trial, failed=True)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
-        self.wait_for_pruning()
+        self._wait_for_pruning()
         if self.tensorboard is not None:
             self.tensorboard.close()
         mirror = self.mirror()

@@ -77,10 +77,10 @@ def write_results(run_dir: str, config: Any, data: Any, grid: Any, local_dir: st
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from .storage import join
+    from .storage import filesystem, join
 
     local_dir = local_dir or run_dir
-    _, root = _run_root(run_dir)
+    _, root = filesystem(run_dir)
 
     def location(path: str) -> str:  # a checkpoint's fs path -> a path or URI users can open
         rel = path.rstrip("/")[len(root):].lstrip("/") if path.startswith(root) else path
@@ -141,12 +141,6 @@ def write_results(run_dir: str, config: Any, data: Any, grid: Any, local_dir: st
         if data.X_test is not None and best["checkpoint"]:
             summary["test_metrics"] = _score_test(config, data, best)
     Path(local_dir, "best.json").write_text(json.dumps(_jsonable(summary), indent=2))
-
-
-def _run_root(run_dir: str) -> tuple[Any, str]:
-    from .storage import filesystem
-
-    return filesystem(run_dir)
 
 
 def _error_text(error: BaseException | None) -> str | None:

@@ -79,6 +79,14 @@ def _start(config: ExperimentConfig, address: str | None, token_file: str | None
     return data, owned
 
 
+def _token_env(address: str | None, token_file: str | None) -> None:
+    """For a cluster: the token reaches Ray through the environment, before Ray is imported."""
+    if address:
+        from .auth import client_env
+
+        client_env(token_file)
+
+
 def _serializable(raw: Any) -> Any:
     from .components import describe
 
@@ -116,10 +124,7 @@ def run(source: str | os.PathLike | dict | ExperimentConfig, *, address: str | N
         ResourceError: no node can run one trial.
         ClusterError: the cluster at ``address`` does not answer or refuses the token.
     """
-    if address:  # the token reaches Ray through the environment, before Ray is imported
-        from .auth import client_env
-
-        client_env(token_file)
+    _token_env(address, token_file)
     from . import _ray
 
     started = time.monotonic()
@@ -230,10 +235,7 @@ def resume(run_dir: str | os.PathLike, *, address: str | None = None, quiet: boo
     Raises:
         ResultsError: ``run_dir`` is missing, is not a raytune_torch run, or already finished.
     """
-    if address:
-        from .auth import client_env
-
-        client_env(token_file)
+    _token_env(address, token_file)
     from . import _ray
     from .exceptions import ResultsError
 
