@@ -74,19 +74,66 @@ def start_local(num_cpus: int | None = None, num_gpus: int | None = None) -> boo
         os.environ.setdefault(name, value)
     if num_gpus is None:
         num_gpus = _cuda_count()
-    ray.init(
-        address="local",
-        num_cpus=num_cpus or os.cpu_count() or 1,
-        num_gpus=num_gpus,
-        include_dashboard=False,
-        log_to_driver=False,
-        logging_level=logging.WARNING,
-        configure_logging=True,
-        # Workers import torch and the trial code as they start, not in their first trial.
-        _system_config={"preload_python_modules": ["raytune_torch._preload"]},
-    )
+    with _without_idle_daemons():
+        ray.init(
+            address="local",
+            num_cpus=num_cpus or os.cpu_count() or 1,
+            num_gpus=num_gpus,
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level=logging.WARNING,
+            configure_logging=True,
+            _system_config={
+                # Workers import torch and the trial code as they start, not in their first trial.
+                "preload_python_modules": ["raytune_torch._preload"],
+                # Ray kills a worker idle for more than a second while there are more idle workers
+                # than free CPUs, and Tune's placement groups reserve every CPU a moment before
+                # its trial actors ask for workers: workers that started (and imported torch)
+                # while the driver loaded the data were killed in that moment, and each trial
+                # actor waited about 3 s for a new process. Idle workers now live for a minute.
+                "idle_worker_killing_time_threshold_ms": 60_000,
+            },
+        )
     _LOCAL_INSTANCE = True
     return True
+
+
+@contextlib.contextmanager
+def _without_idle_daemons():
+    """While a private local instance starts: none of the three Python daemons that would have
+    nothing to do in it.
+
+    * the API server (with ``include_dashboard=False`` it serves only usage statistics; no Jobs
+      API or state API is used on this instance), which ``ray.init`` waits for until it has
+      written its address: about 1.5 s before the raylet (and the workers) even start;
+    * the autoscaler monitor (one node, nothing to scale);
+    * the log monitor (it streams worker output to drivers, and ``log_to_driver`` is off; the
+      workers' log files are written as before).
+
+    Each imports Ray for about 0.5 CPU-s while the workers import torch, on the critical path on
+    a small machine. Ray's ``ray.init`` has no switch for them: ``RayParams`` has (``no_monitor``,
+    ``include_log_monitor``), so its class is replaced while ``ray.init`` builds the node, and the
+    node's ``start_api_server`` does nothing meanwhile. Clusters and their ``ray start`` nodes keep
+    all of them.
+    """
+    from ray._private import node as ray_node
+    from ray._private import parameter
+
+    params_cls, start_api_server = parameter.RayParams, ray_node.Node.start_api_server
+
+    class _LocalParams(params_cls):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.no_monitor = True
+            self.include_log_monitor = False
+
+    parameter.RayParams = _LocalParams
+    ray_node.Node.start_api_server = lambda self, **kwargs: None
+    try:
+        yield
+    finally:
+        parameter.RayParams = params_cls
+        ray_node.Node.start_api_server = start_api_server
 
 
 # Trial actors in the workers the local instance started. Tune gives every trial actor a runtime
@@ -215,22 +262,6 @@ def _probe_gcs(address: str, token: Any) -> None:
         channel.close()
 
 
-def _stop_autoscaler_monitor() -> None:
-    """Kill the local instance's autoscaler monitor at once. ``ray.shutdown`` sends it SIGTERM,
-    which it ignores, and kills it after a one-second grace period: a second of every local run.
-    The monitor keeps no state worth a graceful exit (a single node, nothing to scale)."""
-    from ray._private import ray_constants
-    from ray._private import worker as ray_worker
-
-    node = getattr(ray_worker, "_global_node", None)
-    for info in (getattr(node, "all_processes", None) or {}).get(ray_constants.PROCESS_TYPE_MONITOR, []):
-        process = info.process
-        if process.poll() is None:
-            process.kill()
-            with contextlib.suppress(Exception):
-                process.wait(timeout=5)
-
-
 def is_running() -> bool:
     """Whether this process is connected to Ray (started here or joined)."""
     return ray.is_initialized()
@@ -239,8 +270,6 @@ def is_running() -> bool:
 def shutdown() -> None:
     """Disconnect; stop the processes of a private local instance started here."""
     global _LOCAL_INSTANCE
-    if _LOCAL_INSTANCE:
-        _stop_autoscaler_monitor()
     ray.shutdown()
     _LOCAL_INSTANCE = False
 

@@ -6,6 +6,7 @@ instance (this test session's shared instance has used its own up long ago).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -25,7 +26,7 @@ SCRIPT = textwrap.dedent("""
     import raytune_torch as rt
     from raytune_torch import _ray
 
-    started_with, logs = set(), []
+    started_with, logs, survived = set(), [], []
     run_tuner = _ray.run_tuner
 
     def workers():
@@ -43,6 +44,17 @@ SCRIPT = textwrap.dedent("""
             time.sleep(0.05)
         started_with.update(workers())
         logs.append(ray._private.worker._global_node.get_logs_dir_path())
+        # A large dataset keeps the driver busy after the workers are up: they sit idle for
+        # seconds, then Tune's placement groups reserve every CPU a moment before its trial
+        # actors ask for workers. Ray's default kills a worker idle for a second in that moment.
+        from ray.util.placement_group import placement_group, remove_placement_group
+
+        time.sleep(1.5)
+        group = placement_group([{"CPU": ray.cluster_resources()["CPU"]}])
+        ray.get(group.ready())
+        time.sleep(1.0)  # the raylet looks for idle workers to kill every 200 ms
+        survived.append(all(psutil.pid_exists(pid) for pid in started_with))
+        remove_placement_group(group)
         return run_tuner(*args, **kwargs)
 
     _ray.run_tuner = recording_run_tuner
@@ -59,6 +71,7 @@ SCRIPT = textwrap.dedent("""
     failed = [name for name in os.listdir(logs[0]) if name.startswith("worker")
               and "Failed to preload" in open(os.path.join(logs[0], name), errors="replace").read()]
     print(json.dumps({"started_with": sorted(started_with), "trial_pids": sorted(Probe.pids),
+                      "survived_reservation": survived,
                       "preload_failed_in": failed, "logs": logs[0],
                       "trials": int(result.table["trial_id"].nunique())}))
 """)
@@ -74,8 +87,9 @@ def test_trials_run_in_the_workers_started_with_the_instance(tmp_path):
     assert report["trials"] == 4
     # Two CPUs, one per trial: the four trials share at most two reused workers, the ones Ray
     # started with the instance (not new processes for the trial actors, which Tune's per-actor
-    # runtime environment would force).
+    # runtime environment would force, nor replacements for workers killed while idle).
     assert len(report["started_with"]) >= 2, report
+    assert report["survived_reservation"] == [True], report
     assert 1 <= len(report["trial_pids"]) <= 2, report
     assert set(report["trial_pids"]) <= set(report["started_with"]), report
     # Each of them imported torch and the trial code as it started (raytune_torch._preload).
@@ -94,3 +108,19 @@ def test_no_gpu_driver_means_no_torch_import_before_ray_starts():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["0", "False"]
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_local_instance_runs_no_idle_daemons():
+    """The private instance has its GCS, raylet, the raylet's agents and workers, but none of the
+    Python daemons that have nothing to do on it: API server, autoscaler monitor, log monitor."""
+    import psutil
+
+    commands = []
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            commands.append(" ".join(child.cmdline()))
+    assert any("gcs_server" in c for c in commands) and any("raylet" in c for c in commands), commands
+    idle = [c for c in commands if any(name in c for name in ("dashboard/dashboard.py", "log_monitor.py",
+                                                                 "autoscaler/_private/monitor.py"))]
+    assert idle == [], idle
