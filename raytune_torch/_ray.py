@@ -74,10 +74,12 @@ def start_local(num_cpus: int | None = None, num_gpus: int | None = None) -> boo
         os.environ.setdefault(name, value)
     if num_gpus is None:
         num_gpus = _cuda_count()
-    with _without_idle_daemons():
+    num_cpus = num_cpus or os.cpu_count() or 1
+    _workers_ready.start(int(num_cpus))
+    with _without_idle_daemons(), _undo_on_error(_workers_ready.stop):
         ray.init(
             address="local",
-            num_cpus=num_cpus or os.cpu_count() or 1,
+            num_cpus=num_cpus,
             num_gpus=num_gpus,
             include_dashboard=False,
             log_to_driver=False,
@@ -96,6 +98,75 @@ def start_local(num_cpus: int | None = None, num_gpus: int | None = None) -> boo
         )
     _LOCAL_INSTANCE = True
     return True
+
+
+class _WorkersReady:
+    """Which of the local instance's workers have imported torch and the trial code.
+
+    Ray starts one worker per CPU with the instance (``--num_prestart_python_workers``); each
+    imports :mod:`raytune_torch._preload`, which ends by creating a file named after its PID in
+    this directory (passed in ``RAYTUNE_TORCH_WORKERS_READY_DIR``). :meth:`wait` holds the Tuner
+    until they are all there. Without it, the first trial starts on the first worker ready; when
+    that trial ends before the second worker has imported torch (trials of a fraction of a
+    second), Tune reuses the first worker's actor for the next trial and kills the actor being
+    created on the second worker with its process; Ray starts a replacement, which loses the
+    same race, and the whole run goes through one worker.
+    """
+
+    ENV = "RAYTUNE_TORCH_WORKERS_READY_DIR"
+
+    def __init__(self) -> None:
+        self.directory: str | None = None
+        self.expected = 0
+
+    def start(self, workers: int) -> None:
+        import tempfile
+
+        self.stop()
+        self.directory = tempfile.mkdtemp(prefix="raytune-torch-workers-")
+        self.expected = workers
+        os.environ[self.ENV] = self.directory  # the raylet, and so its workers, inherit it
+
+    def ready(self) -> list[int]:
+        try:
+            return sorted(int(name) for name in os.listdir(self.directory or "") if name.isdigit())
+        except OSError:
+            return []
+
+    def wait(self, timeout_s: float = 30.0) -> bool:
+        """Until every worker started with the instance is ready, at most ``timeout_s`` (then the
+        run goes on: trials start on the workers that are ready). True when all were."""
+        if self.directory is None:
+            return True
+        deadline = time.monotonic() + timeout_s
+        while len(self.ready()) < self.expected:
+            if time.monotonic() > deadline:
+                log.debug("raytune-torch: %d of %d workers ready after %.0f s", len(self.ready()), self.expected,
+                          timeout_s)
+                return False
+            time.sleep(0.02)
+        return True
+
+    def stop(self) -> None:
+        import shutil
+
+        if self.directory is not None:
+            shutil.rmtree(self.directory, ignore_errors=True)
+        self.directory = None
+        if os.environ.get(self.ENV):
+            del os.environ[self.ENV]
+
+
+_workers_ready = _WorkersReady()
+
+
+@contextlib.contextmanager
+def _undo_on_error(undo: Any):
+    try:
+        yield
+    except BaseException:
+        undo()
+        raise
 
 
 @contextlib.contextmanager
@@ -271,6 +342,7 @@ def shutdown() -> None:
     """Disconnect; stop the processes of a private local instance started here."""
     global _LOCAL_INSTANCE
     ray.shutdown()
+    _workers_ready.stop()
     _LOCAL_INSTANCE = False
 
 
@@ -640,9 +712,28 @@ def share(data: Any) -> tuple[SharedData, Any]:
     return shared, shared.get()
 
 
+def _report_ahead(config: Any) -> None:
+    """Let the trial train its next epoch while the driver handles the result it just reported,
+    when no scheduler stops trials between epochs (FIFO).
+
+    Tune's function trainable makes every report wait for the driver's next ``train()`` call: a
+    round trip through the driver (its callbacks, the scheduler) of about 5 ms per epoch here,
+    during which the trial's CPU is idle. Ray's training session has the asynchronous mode
+    (``synchronous_result_reporting=False``: the trial goes on as soon as its result has been
+    handed over, and never gets more than one epoch ahead); Tune turns it off for every trial.
+    A scheduler that stops or pauses trials (ASHA, Hyperband, median stopping, PBT) would waste
+    that epoch on every trial it stops, so those keep the synchronous mode.
+    """
+    from ray.train._internal.session import get_session
+
+    scheduler = getattr(getattr(config, "scheduler", None), "name", None)
+    get_session().synchronous_result_reporting = scheduler != "fifo"
+
+
 def _train_function(params: dict[str, Any], config: Any = None, shared: Any = None) -> None:
     from .trainable import run_trial
 
+    _report_ahead(config)
     res = config.resources
     run_trial(params, config, shared.get(), RayReporter(), cpus=res.cpu, gpu_share=res.gpu)
 
@@ -650,6 +741,7 @@ def _train_function(params: dict[str, Any], config: Any = None, shared: Any = No
 def _cv_train_function(params: dict[str, Any], config: Any = None, shared: Any = None) -> None:
     from .search_cv import run_cv_trial
 
+    _report_ahead(config)
     run_cv_trial(params, shared.get(), RayReporter(), cpus=config.resources.cpu, gpu_share=config.resources.gpu)
 
 
@@ -915,6 +1007,7 @@ def run_tuner(config: Any, shared: SharedData, *, run_dir_parent: str, callbacks
     )
     tuner = tune.Tuner(ray_trainable(config, shared, kind), param_space=param_space(config.space, config.search.algorithm),
                        tune_config=tune_config, run_config=run_config)
+    _workers_ready.wait()
     return tuner.fit()
 
 
@@ -931,4 +1024,5 @@ def restore_tuner(run_dir: str, config: Any, shared: SharedData) -> Any:
 
     tuner = tune.Tuner.restore(ray_storage(run_dir), trainable=ray_trainable(config, shared), resume_unfinished=True,
                                resume_errored=True, restart_errored=False)
+    _workers_ready.wait()
     return tuner.fit()

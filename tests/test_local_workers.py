@@ -26,7 +26,7 @@ SCRIPT = textwrap.dedent("""
     import raytune_torch as rt
     from raytune_torch import _ray
 
-    started_with, logs, survived = set(), [], []
+    started_with, logs, survived, ready, torch_loaded = set(), [], [], [], []
     run_tuner = _ray.run_tuner
 
     def workers():
@@ -44,6 +44,11 @@ SCRIPT = textwrap.dedent("""
             time.sleep(0.05)
         started_with.update(workers())
         logs.append(ray._private.worker._global_node.get_logs_dir_path())
+        # Each says when it has imported torch and the trial code; the Tuner waits for all.
+        ready.append(_ray._workers_ready.wait(timeout_s=60))
+        ready.extend(_ray._workers_ready.ready())
+        torch_loaded.extend(any("libtorch" in (m.path or "") for m in psutil.Process(pid).memory_maps())
+                            for pid in started_with)
         # A large dataset keeps the driver busy after the workers are up: they sit idle for
         # seconds, then Tune's placement groups reserve every CPU a moment before its trial
         # actors ask for workers. Ray's default kills a worker idle for a second in that moment.
@@ -71,7 +76,7 @@ SCRIPT = textwrap.dedent("""
     failed = [name for name in os.listdir(logs[0]) if name.startswith("worker")
               and "Failed to preload" in open(os.path.join(logs[0], name), errors="replace").read()]
     print(json.dumps({"started_with": sorted(started_with), "trial_pids": sorted(Probe.pids),
-                      "survived_reservation": survived,
+                      "survived_reservation": survived, "ready": ready, "torch_loaded": torch_loaded,
                       "preload_failed_in": failed, "logs": logs[0],
                       "trials": int(result.table["trial_id"].nunique())}))
 """)
@@ -90,6 +95,9 @@ def test_trials_run_in_the_workers_started_with_the_instance(tmp_path):
     # runtime environment would force, nor replacements for workers killed while idle).
     assert len(report["started_with"]) >= 2, report
     assert report["survived_reservation"] == [True], report
+    # They said they were ready (with torch imported) before the Tuner started.
+    assert report["ready"][0] is True and set(report["started_with"]) <= set(report["ready"][1:]), report
+    assert report["torch_loaded"] and all(report["torch_loaded"]), report
     assert 1 <= len(report["trial_pids"]) <= 2, report
     assert set(report["trial_pids"]) <= set(report["started_with"]), report
     # Each of them imported torch and the trial code as it started (raytune_torch._preload).

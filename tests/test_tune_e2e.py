@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 import math
+import time
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from ray import tune
 
 import raytune_torch as rt
+from raytune_torch import checkpoint as ckpt
 
 pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("ray_session")]
 
@@ -61,6 +65,41 @@ def test_reported_checkpoints_are_registered_without_asking_the_trial_again(expe
         assert path.endswith(f"/trial_{trial_id}/checkpoint_{epoch - 1:06d}"), path
     best = json.loads(open(f"{result.run_dir}/best.json").read())
     assert best["checkpoint"].rstrip("/") in {path for _, path, _ in registered}
+
+
+_SECOND_EPOCH_DONE: dict[str, bool] = {}
+
+
+class _SlowFirstResult(tune.Callback):
+    """While the driver handles a trial's first result: does the trial finish its second epoch
+    (its checkpoint complete on disk) meanwhile? (Module state: Tune may pickle callbacks.)"""
+
+    def __init__(self, wait_s: float) -> None:
+        self.wait_s = wait_s
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if result.get("epoch") != 1:
+            return
+        second = Path(trial.storage.trial_fs_path) / "checkpoint_000001"
+        deadline = time.monotonic() + self.wait_s
+        done = False
+        while not done and time.monotonic() < deadline:
+            done = ckpt.is_complete(second)
+            time.sleep(0.02)
+        _SECOND_EPOCH_DONE[trial.trial_id] = done
+
+
+@pytest.mark.parametrize("scheduler, ahead", [("fifo", True), ("asha", False)])
+def test_trials_train_ahead_of_the_driver_only_when_no_scheduler_stops_them(experiment, scheduler, ahead):
+    """Under FIFO a trial trains its next epoch while the driver handles the last result (no
+    idle round trip per epoch); under a scheduler that stops trials it waits for the decision,
+    so a stopped trial never trains an epoch past it."""
+    _SECOND_EPOCH_DONE.clear()
+    experiment["train"]["max_epochs"] = 3
+    experiment["scheduler"] = {"name": scheduler}
+    rt.run(experiment, quiet=True, callbacks=[_SlowFirstResult(wait_s=30.0 if ahead else 2.0)])
+    assert len(_SECOND_EPOCH_DONE) == 2
+    assert all(done is ahead for done in _SECOND_EPOCH_DONE.values()), _SECOND_EPOCH_DONE
 
 
 def test_driver_keeps_no_copy_of_the_data_while_trials_run(experiment):
