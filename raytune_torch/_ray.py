@@ -123,9 +123,27 @@ class _WorkersReady:
         import tempfile
 
         self.stop()
-        self.directory = tempfile.mkdtemp(prefix="raytune-torch-workers-")
+        self._remove_stale(tempfile.gettempdir())
+        self.directory = tempfile.mkdtemp(prefix=f"raytune-torch-workers-{os.getpid()}-")
         self.expected = workers
         os.environ[self.ENV] = self.directory  # the raylet, and so its workers, inherit it
+
+    @staticmethod
+    def _remove_stale(parent: str) -> None:
+        """Directories of drivers that were killed (their PID is in the name)."""
+        import glob
+        import shutil
+
+        for path in glob.glob(os.path.join(parent, "raytune-torch-workers-*-*")):
+            pid = os.path.basename(path).split("-")[3]
+            if not pid.isdigit():
+                continue
+            try:
+                os.kill(int(pid), 0)
+            except ProcessLookupError:
+                shutil.rmtree(path, ignore_errors=True)
+            except OSError:
+                pass  # alive (another user's)
 
     def ready(self) -> list[int]:
         try:

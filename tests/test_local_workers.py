@@ -132,3 +132,19 @@ def test_local_instance_runs_no_idle_daemons():
     idle = [c for c in commands if any(name in c for name in ("dashboard/dashboard.py", "log_monitor.py",
                                                                  "autoscaler/_private/monitor.py"))]
     assert idle == [], idle
+
+
+def test_a_killed_drivers_worker_directory_is_removed_by_the_next_run(tmp_path):
+    """The directory where workers say they are ready is named after its driver's PID; a driver
+    killed before its cleanup leaves it, and the next local instance removes it."""
+    from raytune_torch import _ray
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f"raytune-torch-workers-{dead.pid}-abc"
+    alive = tmp_path / f"raytune-torch-workers-{os.getpid()}-def"
+    for folder in (stale, alive):
+        folder.mkdir()
+        (folder / "123").touch()
+    _ray._WorkersReady._remove_stale(str(tmp_path))
+    assert not stale.exists() and alive.exists()
