@@ -76,26 +76,30 @@ def start_local(num_cpus: int | None = None, num_gpus: int | None = None) -> boo
         num_gpus = _cuda_count()
     num_cpus = num_cpus or os.cpu_count() or 1
     _workers_ready.start(int(num_cpus))
-    with _without_idle_daemons(), _undo_on_error(_workers_ready.stop):
-        ray.init(
-            address="local",
-            num_cpus=num_cpus,
-            num_gpus=num_gpus,
-            include_dashboard=False,
-            log_to_driver=False,
-            logging_level=logging.WARNING,
-            configure_logging=True,
-            _system_config={
-                # Workers import torch and the trial code as they start, not in their first trial.
-                "preload_python_modules": ["raytune_torch._preload"],
-                # Ray kills a worker idle for more than a second while there are more idle workers
-                # than free CPUs, and Tune's placement groups reserve every CPU a moment before
-                # its trial actors ask for workers: workers that started (and imported torch)
-                # while the driver loaded the data were killed in that moment, and each trial
-                # actor waited about 3 s for a new process. Idle workers now live for a minute.
-                "idle_worker_killing_time_threshold_ms": 60_000,
-            },
-        )
+    try:
+        with _without_idle_daemons():
+            ray.init(
+                address="local",
+                num_cpus=num_cpus,
+                num_gpus=num_gpus,
+                include_dashboard=False,
+                log_to_driver=False,
+                logging_level=logging.WARNING,
+                configure_logging=True,
+                _system_config={
+                    # Workers import torch and the trial code as they start, not in their first trial.
+                    "preload_python_modules": ["raytune_torch._preload"],
+                    # Ray kills a worker idle for more than a second while there are more idle workers
+                    # than free CPUs, and Tune's placement groups reserve every CPU a moment before
+                    # its trial actors ask for workers: workers that started (and imported torch)
+                    # while the driver loaded the data were killed in that moment, and each trial
+                    # actor waited about 3 s for a new process. Idle workers now live for a minute.
+                    "idle_worker_killing_time_threshold_ms": 60_000,
+                },
+            )
+    except BaseException:
+        _workers_ready.stop()
+        raise
     _LOCAL_INSTANCE = True
     return True
 
@@ -171,20 +175,10 @@ class _WorkersReady:
         if self.directory is not None:
             shutil.rmtree(self.directory, ignore_errors=True)
         self.directory = None
-        if os.environ.get(self.ENV):
-            del os.environ[self.ENV]
+        os.environ.pop(self.ENV, None)
 
 
 _workers_ready = _WorkersReady()
-
-
-@contextlib.contextmanager
-def _undo_on_error(undo: Any):
-    try:
-        yield
-    except BaseException:
-        undo()
-        raise
 
 
 @contextlib.contextmanager
@@ -744,8 +738,7 @@ def _report_ahead(config: Any) -> None:
     """
     from ray.train._internal.session import get_session
 
-    scheduler = getattr(getattr(config, "scheduler", None), "name", None)
-    get_session().synchronous_result_reporting = scheduler != "fifo"
+    get_session().synchronous_result_reporting = config.scheduler.name != "fifo"
 
 
 def _train_function(params: dict[str, Any], config: Any = None, shared: Any = None) -> None:
