@@ -44,7 +44,12 @@ class Reporter(Protocol):
     trial_id: str
     trial_index: int
 
-    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None: ...
+    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
+        """Hand over one epoch's metrics, and the checkpoint saved with them (a directory the
+        reporter copies, unless it is the one ``checkpoint_place`` gave)."""
+
+    # Optional: ``checkpoint_place() -> str | None``, an empty directory on the reporter's storage
+    # to save the next checkpoint into, so that ``report`` need not copy it.
 
     def checkpoint_dir(self) -> contextlib.AbstractContextManager[str | None]:
         """A local directory holding the checkpoint to resume from (None to start fresh)."""
@@ -247,15 +252,30 @@ class Trial:
         stop = diverged or self.stopped_early
         due = stop or self.epoch >= self.max_epochs or self.epoch % self.config.checkpoint.every == 0
         if due and not diverged:
-            directory = tempfile.mkdtemp(prefix="rtt-ckpt-")
-            try:
-                ckpt.save_state(directory, self.state())
-                self.reporter.report(metrics, directory)
-            finally:
-                shutil.rmtree(directory, ignore_errors=True)
+            self._report_checkpoint(metrics)
         else:
             self.reporter.report(metrics, None)
         return stop
+
+    def _report_checkpoint(self, metrics: dict[str, Any]) -> None:
+        """Save the full state and report it with ``metrics``: straight into the reporter's
+        storage when it offers a place there, else through a temporary directory it copies."""
+        place = getattr(self.reporter, "checkpoint_place", None)
+        directory = place() if place is not None else None
+        if directory is not None:
+            try:
+                ckpt.save_state(directory, self.state())
+            except BaseException:
+                shutil.rmtree(directory, ignore_errors=True)  # no half-written folder left on storage
+                raise
+            self.reporter.report(metrics, directory)
+            return
+        directory = tempfile.mkdtemp(prefix="rtt-ckpt-")
+        try:
+            ckpt.save_state(directory, self.state())
+            self.reporter.report(metrics, directory)
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 def default_loop(trial: Trial) -> None:

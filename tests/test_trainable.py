@@ -7,6 +7,7 @@ import copy
 import math
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from raytune_torch import checkpoint as ckpt
 from raytune_torch.config import load_config
 from raytune_torch.data import load_splits
 from raytune_torch.exceptions import ConfigError, PreflightError
-from raytune_torch.trainable import derive_seed, preflight, run_trial
+from raytune_torch.trainable import Trial, derive_seed, preflight, run_trial
 
 METRIC_KEYS = {"epoch", "train_loss", "val_loss", "val_accuracy", "lr", "epoch_time_s", "samples_per_s",
                "trial_seed", "diverged", "early_stopped", "device"}
@@ -129,6 +130,51 @@ def test_one_report_per_epoch(tmp_path, digits):
         assert state["epoch"] == epoch and state["params"] == params
         assert state["trial_seed"] == reporter.metrics[0]["trial_seed"]
     state_dicts_equal(ckpt.load_state(reporter.checkpoints[3])["model"], trial.model.state_dict())
+
+
+class PlacingReporter(FakeReporter):
+    """Offers a folder of its own storage for each checkpoint (as Ray's reporter does on a local
+    disk) and keeps what the trial wrote there instead of copying it."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.places: list[Path] = []
+
+    def checkpoint_place(self):
+        place = self.root / f"checkpoint_{len(self.places):06d}"
+        place.mkdir()
+        self.places.append(place)
+        return str(place)
+
+    def report(self, metrics, checkpoint_dir):
+        self.metrics.append(dict(metrics))
+        self.given.append(checkpoint_dir)
+        if checkpoint_dir is not None:
+            self.checkpoints[metrics["epoch"]] = Path(checkpoint_dir)
+
+
+def test_checkpoints_are_written_where_the_reporter_places_them(tmp_path, digits, monkeypatch):
+    cfg = make_config(checkpoint={"every": 2})
+    reporter = PlacingReporter(tmp_path / "storage")
+    temporary = []
+    real_mkdtemp = tempfile.mkdtemp
+    monkeypatch.setattr(tempfile, "mkdtemp", lambda *a, **k: temporary.append(1) or real_mkdtemp(*a, **k))
+    trial = run_trial({"optimizer__lr": 0.01}, cfg, digits, reporter)
+    assert temporary == []  # no temporary directory, no copy
+    assert reporter.given == [None, str(reporter.places[0]), str(reporter.places[1])]
+    assert [ckpt.load_state(p)["epoch"] for p in reporter.places] == [2, 3]  # kept in place, complete
+    state_dicts_equal(ckpt.load_state(reporter.places[1])["model"], trial.model.state_dict())
+
+
+def test_a_checkpoint_that_cannot_be_saved_leaves_no_folder_in_place(tmp_path, digits):
+    cfg = make_config(train={"max_epochs": 1})
+    reporter = PlacingReporter(tmp_path / "storage")
+    trial = Trial(cfg, {}, digits, reporter)
+    trial.state = lambda: {**Trial.state(trial), "epoch": object()}  # save_state's int(epoch) fails
+    with pytest.raises(TypeError):
+        trial.end_epoch(0.5)
+    assert len(reporter.places) == 1 and not reporter.places[0].exists()
+    assert reporter.metrics == []
 
 
 def test_checkpoint_every_two_epochs_and_at_the_end(tmp_path, digits):
