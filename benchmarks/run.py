@@ -21,6 +21,7 @@ import math
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -334,7 +335,8 @@ def arm_row(arm: str, workload: wl.Workload, child: dict[str, Any], calibration:
     return row
 
 
-def add_peer_ratios(rows: list[dict[str, Any]]) -> None:
+def add_peer_ratios(rows: list[dict[str, Any]],
+                    pairs: dict[str, list[dict[str, Any]]] | None = None) -> None:
     for name in {r["workload"] for r in rows}:
         timed = [r for r in rows if r["workload"] == name and r["wall_s"]]
 
@@ -352,8 +354,42 @@ def add_peer_ratios(rows: list[dict[str, Any]]) -> None:
                 r["speedup_vs_fastest_full_grid_peer"] = fastest_full / r["wall_s"]
         grid, end = of("raytune_torch_grid"), of("raytune_torch_grid_ckpt_end")
         if grid and end:
-            # What checkpointing every epoch (raytune_torch_grid) adds to checkpointing once per trial.
-            grid[0]["checkpoint_every_epoch_overhead"] = grid[0]["wall_s"] / end[0]["wall_s"] - 1
+            # What checkpointing every epoch (raytune_torch_grid) adds to checkpointing once per
+            # trial: the median over the pairs run (the arms' own rows are the first pair). A
+            # single pair is at the mercy of start-up noise (ray.init varies by a second here).
+            ratios = [grid[0]["wall_s"] / end[0]["wall_s"]]
+            ratios += [p["every_epoch_wall_s"] / p["end_wall_s"] for p in (pairs or {}).get(name, ())
+                       if "error" not in p]
+            grid[0]["checkpoint_every_epoch_overhead"] = statistics.median(ratios) - 1
+            grid[0]["checkpoint_every_epoch_overhead_pairs"] = [r - 1 for r in ratios]
+
+
+def _checkpoint_pairs(rows: list[dict[str, Any]], workload: str, args: argparse.Namespace,
+                      run_arm: Any) -> list[dict[str, Any]]:
+    """Run ``raytune_torch_grid_ckpt_end`` and ``raytune_torch_grid`` again, one after the other
+    (in alternating order), until ``--checkpoint-pairs`` pairs of walls have been measured."""
+    names = ("raytune_torch_grid", "raytune_torch_grid_ckpt_end")
+    if not all(any(r["arm"] == n and r["workload"] == workload and r["wall_s"] for r in rows) for n in names):
+        return []
+    out = []
+    for i in range(1, args.checkpoint_pairs):
+        order = names[::-1] if i % 2 else names
+        print(f"- {workload}: checkpoint pair {i + 1}/{args.checkpoint_pairs} ...", end=" ", flush=True)
+        walls = {}
+        for arm in order:
+            child = run_arm(arm, f"{arm}-pair{i + 1}")
+            if "error" in child:
+                walls["error"] = f"{arm}: {child['error']} (log {child['log']})"
+                break
+            walls[arm] = child["result"]["wall_s"]
+        if "error" in walls:
+            print("FAILED", flush=True)
+            out.append({"error": walls["error"]})
+            continue
+        pair = {"every_epoch_wall_s": walls[names[0]], "end_wall_s": walls[names[1]]}
+        print(f"every epoch {pair['every_epoch_wall_s']:.1f}s, at the end {pair['end_wall_s']:.1f}s", flush=True)
+        out.append(pair)
+    return out
 
 
 def _fmt(value: Any, column: str) -> str:
@@ -486,6 +522,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ds.add_argument("--no-data-sharing", dest="data_sharing", action="store_false")
     p.set_defaults(data_sharing=None)
     p.add_argument("--arm-timeout", type=float, default=None, help="seconds per child (default 900; 300 quick)")
+    p.add_argument("--checkpoint-pairs", type=int, default=None,
+                   help="pairs of raytune_torch_grid / raytune_torch_grid_ckpt_end runs whose median wall "
+                        "ratio is the per-epoch checkpoint cost (default 3; 1 with --quick)")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, Ray storage)")
     # inside a child
     p.add_argument("--child", choices=("arm", "calibrate", "data"), help=argparse.SUPPRESS)
@@ -507,6 +546,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"unknown arm(s) {unknown}; choose from {', '.join(A.ALL_ARMS)}")
     if args.data_sharing is None:
         args.data_sharing = not args.quick
+    if args.checkpoint_pairs is None:
+        args.checkpoint_pairs = 1 if args.quick else 3
+    if args.checkpoint_pairs < 1:
+        p.error("--checkpoint-pairs must be at least 1")
     if args.arm_timeout is None:
         args.arm_timeout = 300.0 if args.quick else 900.0
     return args
@@ -525,6 +568,7 @@ def main(argv: list[str] | None = None) -> int:
           f"work directory {workdir}", flush=True)
     rows: list[dict[str, Any]] = []
     calibrations: dict[str, Any] = {}
+    checkpoint_pairs: dict[str, list[dict[str, Any]]] = {}
     failed = False
     for workload in workloads:
         common = ["--workload", workload.name, *(["--quick"] if args.quick else [])]
@@ -537,13 +581,19 @@ def main(argv: list[str] | None = None) -> int:
         seconds = calib["result"]["s_per_epoch"]
         calibrations[workload.name] = {"s_per_epoch": seconds, "wall_s": calib["result"]["wall_s"],
                                        "other_cpu_pct": calib["measured"]["other_cpu_pct"]}
-        for arm in args.arm_list:
-            print(f"- {workload.name}: {arm} ...", end=" ", flush=True)
+        def run_arm(arm: str, label: str) -> dict[str, Any]:
             env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"} if arm == "skorch_gridsearchcv" else None
             child = run_child(["--child", "arm", "--name", arm, *common,
-                               "--storage", str(workdir / f"{workload.name}-{arm}")],
-                              workdir=workdir, label=f"{workload.name}-{arm}", timeout=args.arm_timeout,
+                               "--storage", str(workdir / f"{workload.name}-{label}")],
+                              workdir=workdir, label=f"{workload.name}-{label}", timeout=args.arm_timeout,
                               env_extra=env)
+            if not args.keep:
+                shutil.rmtree(workdir / f"{workload.name}-{label}", ignore_errors=True)
+            return child
+
+        for arm in args.arm_list:
+            print(f"- {workload.name}: {arm} ...", end=" ", flush=True)
+            child = run_arm(arm, arm)
             row = arm_row(arm, workload, child, seconds, cores)
             failed |= "error" in row
             rows.append(row)
@@ -552,9 +602,11 @@ def main(argv: list[str] | None = None) -> int:
                       f"{row['best_val_accuracy']:.4f}, peak PSS {row['peak_rss_mb']:.0f} MB", flush=True)
             else:
                 print("FAILED", flush=True)
-            if not args.keep:
-                shutil.rmtree(workdir / f"{workload.name}-{arm}", ignore_errors=True)
-    add_peer_ratios(rows)
+        pairs = _checkpoint_pairs(rows, workload.name, args, run_arm)
+        failed |= any("error" in p for p in pairs)
+        if pairs:
+            checkpoint_pairs[workload.name] = pairs
+    add_peer_ratios(rows, checkpoint_pairs)
     data_sharing: dict[str, Any] = {"skipped": True}
     if args.data_sharing:
         data_sharing = run_data_sharing(workdir, args.arm_timeout)
@@ -579,9 +631,11 @@ def main(argv: list[str] | None = None) -> int:
     print()
     for r in rows:
         if "checkpoint_every_epoch_overhead" in r:
+            each = ", ".join(f"{100 * x:+.1f}%" for x in r["checkpoint_every_epoch_overhead_pairs"])
             print(f"checkpoints every epoch vs once per trial ({r['workload']}): "
-                  f"{100 * r['checkpoint_every_epoch_overhead']:+.1f}% wall (raytune_torch_grid / "
-                  f"raytune_torch_grid_ckpt_end - 1)")
+                  f"{100 * r['checkpoint_every_epoch_overhead']:+.1f}% wall (median of raytune_torch_grid / "
+                  f"raytune_torch_grid_ckpt_end - 1 over {len(r['checkpoint_every_epoch_overhead_pairs'])} "
+                  f"pair(s): {each})")
     print(data_sharing_lines(data_sharing))
     print(f"\nbenchmarks: {report['total_wall_s']:.0f}s in all; JSON in {args.out}", flush=True)
     if failed or args.keep:
