@@ -311,6 +311,7 @@ BIG_ROWS = 290_000
 # memory is the dataset's; its own 34 MB of data are subtracted from the dataset bytes.
 BASELINE_ROWS = 32_768
 FEATURES = 256
+DATA_EPOCHS = 10
 
 
 def data_experiment(case: str, storage: str) -> dict[str, Any]:
@@ -322,10 +323,14 @@ def data_experiment(case: str, storage: str) -> dict[str, Any]:
         "storage": storage,
         "data": {"factory": "benchmarks.workloads:big_blobs", "factory_args": {"rows": rows, "features": FEATURES}},
         "model": {"name": "examples.models:MLP", "args": {"hidden": 32}},
-        # Three epochs: long enough that all four trials are alive at once (two start in the
-        # workers Ray starts with the instance, two in workers started for them). The baseline's
-        # trials train as many batches (more epochs of fewer rows), so they overlap as much.
-        "train": {"max_epochs": 3 * BIG_ROWS // rows, "batch_size": 8192, "metrics": ["accuracy"]},
+        # Long enough that all four trials are alive at once: two start in the workers Ray starts
+        # with the instance, two wait for workers started for them (a few seconds). Shorter
+        # trials (3 epochs) ended first, Tune gave their workers to the waiting trials and
+        # stopped the workers being started, and the run went through two processes: a
+        # different set of processes from the baseline's, each holding torch (about 280 MB, a
+        # copy of the dataset). The baseline's trials train as many batches (more epochs of
+        # fewer rows), so they overlap as much.
+        "train": {"max_epochs": DATA_EPOCHS * BIG_ROWS // rows, "batch_size": 8192, "metrics": ["accuracy"]},
         "space": {"optimizer__lr": {"type": "grid", "values": lrs}},
         "search": {"algorithm": "grid", "metric": "val_accuracy", "mode": "max", "max_concurrent": 4},
         "resources": {"cpu": 0.5},

@@ -427,7 +427,7 @@ def data_sharing_lines(ds: dict[str, Any]) -> str:
         return f"data sharing: FAILED ({ds['error']})"
     return "\n".join([
         f"data sharing: {ds['dataset_mb']:.0f} MB float32 dataset ({ds['rows']} rows x {ds['features']} features), "
-        f"raytune_torch, 3 epochs, cpu 0.5 per trial, max_concurrent 4",
+        f"raytune_torch, {A.DATA_EPOCHS} epochs, cpu 0.5 per trial, max_concurrent 4",
         f"  peak tree PSS while trials ran: baseline (4 trials, {ds['baseline_rows']} rows) "
         f"{ds['baseline_peak_pss_mb']:.0f} MB, 1 trial {ds['one_trial_peak_pss_mb']:.0f} MB, 4 trials "
         f"{ds['four_trials_peak_pss_mb']:.0f} MB (at most {ds['four_trials_max_trial_processes']} trial processes "
