@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import shutil
 import tempfile
@@ -26,6 +27,8 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from .exceptions import ConfigError, ResultsError
+
+log = logging.getLogger("raytune_torch")
 
 __all__ = ["is_uri", "absolute", "join", "filesystem", "Mirror", "local_copy", "fetch_dir", "cache_root"]
 
@@ -187,25 +190,53 @@ def _fetched(location: str) -> Iterator[str]:
 
 class Mirror:
     """Uploads a local run directory's changed files to its URI (throttled; checkpoints are
-    Ray's, so ``checkpoint_*`` folders are left alone)."""
+    Ray's, so ``checkpoint_*`` folders are left alone).
+
+    During a run (:meth:`maybe_sync`) the uploads go on in a thread of their own, so that the
+    driver's loop, and every trial waiting on it under a stopping scheduler, never waits for
+    object storage; :meth:`sync` waits for that thread and uploads what is left."""
 
     def __init__(self, local_dir: str, run_uri: str, every_s: float = 5.0) -> None:
         self.local_dir, self.run_uri, self.every_s = local_dir, run_uri, every_s
         self.fs, self.root = filesystem(run_uri)
         self._sent: dict[str, tuple[int, float]] = {}
         self._last = 0.0
+        self._pool: Any = None
+        self._pending: Any = None
 
     def maybe_sync(self) -> None:
-        if time.monotonic() - self._last >= self.every_s:
-            self.sync()
+        """Start uploading the changed files in the background: at most every ``every_s``
+        seconds, never two uploads at once. A failed upload is logged; the next one retries."""
+        if time.monotonic() - self._last < self.every_s or (self._pending is not None and not self._pending.done()):
+            return
+        self._last = time.monotonic()
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="raytune-torch-mirror")
+        self._pending = self._pool.submit(self._upload_quietly)
+
+    def _upload_quietly(self) -> None:
+        try:
+            self._upload_all()
+        except Exception as exc:  # the run goes on; the final sync() uploads again, and raises
+            log.warning("raytune-torch: uploading the run's files to %s failed (%s: %s); retrying later",
+                        display(self.run_uri), type(exc).__name__, exc)
 
     def sync(self, names: tuple[str, ...] | None = None) -> None:
-        """Upload every changed file, or only ``names`` (paths relative to the run directory)."""
+        """Upload every changed file, or only ``names`` (paths relative to the run directory),
+        after the background upload in flight, if any."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = self._pending = None
         self._last = time.monotonic()
         if names is not None:
             for name in names:
                 self._upload(os.path.join(self.local_dir, name))
             return
+        self._upload_all()
+
+    def _upload_all(self) -> None:
         for folder, dirs, files in os.walk(self.local_dir):
             dirs[:] = [d for d in dirs if not d.startswith(_SKIP_DIRS)]
             for name in files:

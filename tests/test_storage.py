@@ -114,6 +114,38 @@ def test_mirror_uploads_changed_files_and_download_skips_checkpoints(s3_env, tmp
         st.download("s3://runs/nothing-here", str(tmp_path / "none"))
 
 
+def test_mirror_uploads_in_the_background_during_a_run(s3_env, tmp_path, caplog):
+    import threading
+
+    local = tmp_path / "run"
+    local.mkdir()
+    (local / "history.jsonl").write_text('{"epoch": 1}\n')
+    uri = "s3://runs/background"
+    mirror = st.Mirror(str(local), uri, every_s=0.0)
+    calls = []
+    real_upload = mirror._upload
+    mirror._upload = lambda path: calls.append(threading.current_thread().name) or real_upload(path)
+    mirror.maybe_sync()
+    mirror._pending.result(timeout=30)
+    assert calls and all(name.startswith("raytune-torch-mirror") for name in calls)  # not the caller's thread
+    assert _objects(uri) == ["history.jsonl"]
+    (local / "history.jsonl").write_text('{"epoch": 1}\n{"epoch": 2}\n')
+    mirror.maybe_sync()
+    mirror.sync()  # waits for the upload in flight, then uploads what changed since
+    assert mirror._pool is None
+    copy_dir = st.download(uri, str(tmp_path / "copy"))
+    assert (Path(copy_dir) / "history.jsonl").read_text().count("epoch") == 2
+
+    # A failed background upload is logged and the run goes on; the final sync raises.
+    broken = st.Mirror(str(local), "s3://no-such-bucket/run", every_s=0.0)
+    with caplog.at_level("WARNING", logger="raytune_torch"):
+        broken.maybe_sync()
+        broken._pending.result(timeout=60)
+    assert "uploading the run's files to s3://no-such-bucket/run failed" in caplog.text
+    with pytest.raises(OSError):
+        broken.sync()
+
+
 def _trial_state(epoch: int) -> dict:
     import torch
 
