@@ -52,7 +52,7 @@ def measure(workload_name: str, repeat: int) -> dict[str, float]:
     from raytune_torch import checkpoint as ckpt
     from raytune_torch.config import load_config
     from raytune_torch.data import load_splits
-    from raytune_torch.trainable import Trial, default_loop
+    from raytune_torch.trainable import Trial, _NullReporter, default_loop
 
     workload = wl.get_workload(workload_name)
     size = max(workload.sizes)
@@ -62,20 +62,9 @@ def measure(workload_name: str, repeat: int) -> dict[str, float]:
     data = load_splits(config.data, config.task, config.seed)
     params = {"optimizer__lr": max(workload.lrs), f"module__{workload.size_param}": size}
 
-    class Quiet:
-        trial_id, trial_index = "ckpt", 0
-
-        def report(self, metrics, checkpoint_dir):
-            pass
-
-        def checkpoint_dir(self):
-            import contextlib
-
-            return contextlib.nullcontext(None)
-
     torch.set_num_threads(1)
-    default_loop(Trial(config, params, data, Quiet()))  # warm-up (first optimizer step, allocator)
-    trial = Trial(config, params, data, Quiet())
+    default_loop(Trial(config, params, data, _NullReporter()))  # warm-up (first optimizer step, allocator)
+    trial = Trial(config, params, data, _NullReporter())
     t0 = time.perf_counter()
     default_loop(trial)  # one epoch: train, validate, report, checkpoint (to a temporary dir)
     epoch_ms = 1000 * (time.perf_counter() - t0)

@@ -335,8 +335,7 @@ def arm_row(arm: str, workload: wl.Workload, child: dict[str, Any], calibration:
     return row
 
 
-def add_peer_ratios(rows: list[dict[str, Any]],
-                    pairs: dict[str, list[dict[str, Any]]] | None = None) -> None:
+def add_peer_ratios(rows: list[dict[str, Any]], pairs: dict[str, list[dict[str, Any]]]) -> None:
     for name in {r["workload"] for r in rows}:
         timed = [r for r in rows if r["workload"] == name and r["wall_s"]]
 
@@ -358,8 +357,7 @@ def add_peer_ratios(rows: list[dict[str, Any]],
             # trial: the median over the pairs run (the arms' own rows are the first pair). A
             # single pair is at the mercy of start-up noise (ray.init varies by a second here).
             ratios = [grid[0]["wall_s"] / end[0]["wall_s"]]
-            ratios += [p["every_epoch_wall_s"] / p["end_wall_s"] for p in (pairs or {}).get(name, ())
-                       if "error" not in p]
+            ratios += [p["every_epoch_wall_s"] / p["end_wall_s"] for p in pairs.get(name, ()) if "error" not in p]
             grid[0]["checkpoint_every_epoch_overhead"] = statistics.median(ratios) - 1
             grid[0]["checkpoint_every_epoch_overhead_pairs"] = [r - 1 for r in ratios]
 
@@ -379,16 +377,14 @@ def _checkpoint_pairs(rows: list[dict[str, Any]], workload: str, args: argparse.
         for arm in order:
             child = run_arm(arm, f"{arm}-pair{i + 1}")
             if "error" in child:
-                walls["error"] = f"{arm}: {child['error']} (log {child['log']})"
+                print("FAILED", flush=True)
+                out.append({"error": f"{arm}: {child['error']} (log {child['log']})"})
                 break
             walls[arm] = child["result"]["wall_s"]
-        if "error" in walls:
-            print("FAILED", flush=True)
-            out.append({"error": walls["error"]})
-            continue
-        pair = {"every_epoch_wall_s": walls[names[0]], "end_wall_s": walls[names[1]]}
-        print(f"every epoch {pair['every_epoch_wall_s']:.1f}s, at the end {pair['end_wall_s']:.1f}s", flush=True)
-        out.append(pair)
+        else:
+            pair = {"every_epoch_wall_s": walls[names[0]], "end_wall_s": walls[names[1]]}
+            print(f"every epoch {pair['every_epoch_wall_s']:.1f}s, at the end {pair['end_wall_s']:.1f}s", flush=True)
+            out.append(pair)
     return out
 
 

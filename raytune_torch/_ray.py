@@ -318,12 +318,10 @@ def _checkpoint_place(storage: Any) -> str | None:
     # A folder already there was left by a driver killed before Tune saved its state (Tune's
     # checkpoint index lags the disk): a stale checkpoint the trial has already resumed from or
     # past, replaced now as Tune's copy would overwrite it.
-    if os.path.isdir(place) and not os.path.islink(place):
+    if os.path.lexists(place):
         import shutil
 
         shutil.rmtree(place)
-    elif os.path.lexists(place):
-        os.remove(place)
     os.makedirs(place)
     return place
 
