@@ -317,6 +317,41 @@ class _NullReporter:
         yield None
 
 
+# The torch.optim.Optimizer methods the preflight batch calls that torch wraps in
+# ``torch._disable_dynamo``; the wrapper imports torch._dynamo (sympy and the compiler stack) on its
+# first call: about 0.9 CPU-s, spent in the driver while Ray's workers import torch on a small
+# machine, only to tell a compiler that is not running to leave these methods alone.
+_DYNAMO_DISABLED_OPTIMIZER_METHODS = ("add_param_group", "zero_grad")
+
+
+@contextlib.contextmanager
+def _optimizer_without_compiler() -> Iterator[None]:
+    """Build an optimizer and zero its gradients without importing torch's compiler.
+
+    While ``torch._dynamo`` has not been imported nothing in this process is being compiled, so
+    ``torch._dynamo.disable(fn)`` would behave as ``fn``; torch caches that wrapper on ``fn`` as
+    ``__dynamo_disable``, and it is set to ``fn`` itself for the duration. Removed again on exit,
+    so any later call (and a compiler imported meanwhile by the user's code) gets torch's own
+    wrapper. When torch's internals differ from this, nothing is set and torch imports its
+    compiler as before.
+    """
+    import sys
+
+    patched = []
+    if "torch._dynamo" not in sys.modules:
+        for name in _DYNAMO_DISABLED_OPTIMIZER_METHODS:
+            fn = getattr(getattr(torch.optim.Optimizer, name, None), "__wrapped__", None)
+            if callable(fn) and not hasattr(fn, "__dynamo_disable"):
+                fn.__dynamo_disable = fn
+                patched.append(fn)
+    try:
+        yield
+    finally:
+        for fn in patched:
+            if getattr(fn, "__dynamo_disable", None) is fn:
+                del fn.__dynamo_disable
+
+
 def preflight(config: Any, data: Splits, params: dict[str, Any]) -> None:
     """Build the components and run one training batch and one evaluation in this process.
 
@@ -327,7 +362,8 @@ def preflight(config: Any, data: Splits, params: dict[str, Any]) -> None:
     from .exceptions import PreflightError
 
     try:
-        trial = Trial(config, params, data, _NullReporter())
+        with _optimizer_without_compiler():
+            trial = Trial(config, params, data, _NullReporter())
     except PreflightError:
         raise
     except Exception as exc:
@@ -357,7 +393,8 @@ def preflight(config: Any, data: Splits, params: dict[str, Any]) -> None:
             f"the model {model_name} outputs shape {tuple(out.shape)} but the targets have shape "
             f"{tuple(yb.shape)}; make the output match the targets (a loss would broadcast them silently)")
     try:
-        trial.optimizer.zero_grad()
+        with _optimizer_without_compiler():
+            trial.optimizer.zero_grad()
         loss = trial.loss_fn(out, yb)
         loss.backward()
     except Exception as exc:

@@ -134,6 +134,20 @@ def test_local_instance_runs_no_idle_daemons():
     assert idle == [], idle
 
 
+@pytest.mark.usefixtures("ray_session")
+def test_local_instance_retries_connections_every_100_ms_and_exports_no_metrics():
+    """The instance's configuration as its GCS gives it to the raylet and the workers: a socket
+    that is not listening yet is retried after 100 ms (Ray's default is a second, which the raylet
+    often waits at start: its object store is starting on another thread), within the same 10 s;
+    no metrics exporter (no dashboard reads them)."""
+    import ray
+
+    config = ray._private.state.state.get_system_config()
+    assert config["raylet_client_connect_timeout_milliseconds"] == 100
+    assert config["raylet_client_connect_timeout_milliseconds"] * config["raylet_client_num_connect_attempts"] == 10_000
+    assert config["enable_metrics_collection"] is False
+
+
 def test_a_killed_drivers_worker_directory_is_removed_by_the_next_run(tmp_path):
     """The directory where workers say they are ready is named after its driver's PID; a driver
     killed before its cleanup leaves it, and the next local instance removes it."""

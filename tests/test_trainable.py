@@ -423,6 +423,57 @@ def test_preflight_passes_for_a_good_experiment(digits):
     assert preflight(make_config(), digits, {"optimizer__lr": 0.01, "module__hidden": 8}) is None
 
 
+PREFLIGHT_WITHOUT_COMPILER = """
+import json, sys, torch
+sys.path.insert(0, ".")
+from raytune_torch.tuner import prepare
+from raytune_torch.trainable import _DYNAMO_DISABLED_OPTIMIZER_METHODS
+
+experiment = json.loads(sys.argv[1])
+prepare(experiment)
+imported_by_preflight = "torch._dynamo" in sys.modules
+left_behind = [name for name in _DYNAMO_DISABLED_OPTIMIZER_METHODS
+               if hasattr(getattr(torch.optim.Optimizer, name).__wrapped__, "__dynamo_disable")]
+# Afterwards an optimizer goes through torch's own wrappers (which import the compiler).
+model = torch.nn.Linear(3, 1)
+opt = torch.optim.Adam(model.parameters(), lr=0.1)
+model(torch.ones(2, 3)).sum().backward()
+opt.step()
+opt.zero_grad()
+print(json.dumps({"imported_by_preflight": imported_by_preflight, "left_behind": left_behind,
+                  "imported_after": "torch._dynamo" in sys.modules,
+                  "wrapped": [getattr(getattr(torch.optim.Optimizer, name).__wrapped__, "__dynamo_disable",
+                                      None) is not None for name in _DYNAMO_DISABLED_OPTIMIZER_METHODS]}))
+"""
+
+
+def test_preflight_builds_the_optimizer_without_importing_torchs_compiler():
+    """torch's optimizer methods import torch._dynamo (about 0.9 CPU-s) on their first call; the
+    driver's preflight batch does without, and leaves torch as it found it."""
+    import json
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    experiment = {**BASE, "space": {"optimizer__lr": {"type": "grid", "values": [0.01]}}}
+    proc = subprocess.run([sys.executable, "-c", PREFLIGHT_WITHOUT_COMPILER, json.dumps(experiment)], cwd=root,
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report == {"imported_by_preflight": False, "left_behind": [], "imported_after": True,
+                      "wrapped": [True, True]}, report
+
+
+def test_preflight_with_the_compiler_already_imported_changes_nothing(digits):
+    import torch._dynamo  # noqa: F401
+
+    from raytune_torch import trainable
+
+    methods = [getattr(torch.optim.Optimizer, name).__wrapped__ for name in trainable._DYNAMO_DISABLED_OPTIMIZER_METHODS]
+    with trainable._optimizer_without_compiler():
+        assert all(getattr(fn, "__dynamo_disable", None) is not fn for fn in methods)
+    assert preflight(make_config(), digits, {"optimizer__lr": 0.01}) is None
+
+
 def test_preflight_wrong_output_size(digits):
     cfg = make_config(model={"name": "examples.models:MLP", "args": {"out_features": 5}})
     with pytest.raises(PreflightError) as info:
