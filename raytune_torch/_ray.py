@@ -13,7 +13,7 @@ import os
 import random
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -586,8 +586,12 @@ class SearchPlan:
     note: str | None = None
 
 
-def build_search(config: Any) -> SearchPlan:
-    """The search algorithm for the experiment's searcher and space."""
+def build_search(config: Any, model_size: Callable[[dict[str, Any]], int | None] | None = None) -> SearchPlan:
+    """The search algorithm for the experiment's searcher and space.
+
+    ``model_size(point)`` (a grid point's parameter count, when the data's shape is known) lets a
+    grid under the FIFO scheduler run its largest models first (:func:`_largest_first`).
+    """
     search = config.search
     space = config.space
     algorithm = search.algorithm
@@ -599,6 +603,8 @@ def build_search(config: Any) -> SearchPlan:
         # (e.g. ascending learning rate) defeats it.
         random.Random(config.seed).shuffle(points)
         points = points * search.num_samples
+        if model_size is not None and config.scheduler.name == "fifo":
+            points = _largest_first(points, model_size)
         alg = BasicVariantGenerator(points_to_evaluate=points, random_state=config.seed,
                                     max_concurrent=search.max_concurrent or 0)
         return SearchPlan(alg, len(points), len(points))
@@ -633,6 +639,29 @@ def build_search(config: Any) -> SearchPlan:
             raise ConfigError(["search: hyperopt is not installed; pip install 'raytune-torch[hyperopt]'"]) from None
         return SearchPlan(HyperOptSearch(random_state_seed=config.seed), search.num_samples, search.num_samples)
     raise ConfigError([f"search.algorithm: unknown searcher {algorithm!r}"])
+
+
+def _largest_first(points: list[dict[str, Any]], model_size: Callable[[dict[str, Any]], int | None]) -> list[dict[str, Any]]:
+    """The grid's points, largest model first (a stable sort: equal sizes keep their order).
+
+    Every trial of a FIFO grid runs to the end, so the grid's wall time is the longest queue of
+    trials on one slot; starting the longest trials first (Graham's LPT rule) leaves short ones
+    to fill the slots at the end, instead of one slot training the largest model alone while the
+    others idle. Parameter count stands in for a trial's cost (one model is built per distinct set
+    of ``module__`` parameters); when a model cannot be sized, or all are the same size, the
+    order is left as it is.
+    """
+    sizes: dict[str, int | None] = {}
+    keys = []
+    for point in points:
+        key = repr(sorted((k, repr(v)) for k, v in point.items() if k.startswith("module__")))
+        if key not in sizes:
+            sizes[key] = model_size(point)
+        keys.append(key)
+    if any(size is None for size in sizes.values()) or len(set(sizes.values())) < 2:
+        return points
+    order = sorted(range(len(points)), key=lambda i: -sizes[keys[i]])
+    return [points[i] for i in order]
 
 
 def build_scheduler(config: Any) -> Any:

@@ -35,7 +35,7 @@ from . import components as comp
 from .data import Splits, as_tensors, iterate_batches
 from .loop import StepContext, default_step, evaluate, train_epoch
 
-__all__ = ["Reporter", "Trial", "run_trial", "derive_seed", "build_components", "preflight"]
+__all__ = ["Reporter", "Trial", "run_trial", "derive_seed", "build_components", "preflight", "model_size"]
 
 
 class Reporter(Protocol):
@@ -102,6 +102,18 @@ def build_components(config: Any, params: dict[str, Any], n_features: int, n_out
     lr_scheduler = comp.build_lr_scheduler(sched_cfg.name if sched_cfg else None, sched_cfg.args if sched_cfg else {},
                                            params, optimizer, import_paths=paths)
     return model, optimizer, loss_fn, lr_scheduler
+
+
+def model_size(config: Any, params: dict[str, Any], data: Splits) -> int | None:
+    """The number of parameters of the model for ``params``, built on torch's meta device (no
+    memory, no initialisation). None when the model cannot be built there."""
+    try:
+        with torch.device("meta"):
+            model = comp.build_model(config.model.name, config.model.args, params, in_features=data.n_features,
+                                     out_features=data.n_outputs, import_paths=config.import_paths)
+        return int(sum(p.numel() for p in model.parameters()))
+    except Exception:
+        return None
 
 
 class Trial:

@@ -138,7 +138,10 @@ def run(source: str | os.PathLike | dict | ExperimentConfig, *, address: str | N
 def _run_on_ray(config: ExperimentConfig, shared: Any, data: Splits, plan: Any, quiet: bool,
                 callbacks: list | None) -> str:
     from . import _ray
+    from .trainable import model_size
 
+    if config.search.algorithm == "grid":  # now that the data's shape is known: largest models first
+        plan = _ray.build_search(config, lambda point: model_size(config, point, data))
     storage = st.absolute(config.storage)
     run_dir = st.join(storage, config.name)
     local_dir = _local_dir(run_dir, fresh=True)

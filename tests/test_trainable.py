@@ -17,7 +17,7 @@ from raytune_torch import checkpoint as ckpt
 from raytune_torch.config import load_config
 from raytune_torch.data import load_splits
 from raytune_torch.exceptions import ConfigError, PreflightError
-from raytune_torch.trainable import Trial, derive_seed, preflight, run_trial
+from raytune_torch.trainable import Trial, build_components, derive_seed, preflight, run_trial
 
 METRIC_KEYS = {"epoch", "train_loss", "val_loss", "val_accuracy", "lr", "epoch_time_s", "samples_per_s",
                "trial_seed", "diverged", "early_stopped", "device"}
@@ -472,6 +472,24 @@ def test_preflight_with_the_compiler_already_imported_changes_nothing(digits):
     with trainable._optimizer_without_compiler():
         assert all(getattr(fn, "__dynamo_disable", None) is not fn for fn in methods)
     assert preflight(make_config(), digits, {"optimizer__lr": 0.01}) is None
+
+
+def test_model_size_builds_the_model_on_the_meta_device(digits):
+    from raytune_torch.trainable import model_size
+
+    cfg = make_config()
+    expected = sum(p.numel() for p in build_components(cfg, {"module__hidden": 8}, digits.n_features,
+                                                       digits.n_outputs, torch.device("cpu"))[0].parameters())
+    assert model_size(cfg, {"module__hidden": 8}, digits) == expected
+    assert model_size(cfg, {"module__hidden": 16}, digits) > expected
+
+    class NeedsRealTensors(torch.nn.Module):
+        def __init__(self, in_features, out_features):
+            super().__init__()
+            self.linear = torch.nn.Linear(in_features, out_features)
+            self.scale = float(self.linear.weight.abs().max())  # a meta tensor has no value
+
+    assert model_size(make_config(model={"name": NeedsRealTensors}), {}, digits) is None
 
 
 def test_preflight_wrong_output_size(digits):

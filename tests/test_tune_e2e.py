@@ -142,6 +142,51 @@ def test_load_model_returns_best_trained_model_in_eval_mode(experiment):
         assert model(Xv).shape == (len(X), 10)
 
 
+def test_fifo_grid_runs_its_largest_models_first(experiment):
+    experiment["space"] = {"optimizer__lr": {"type": "grid", "values": [0.003, 0.03]},
+                           "module__hidden": {"type": "grid", "values": [8, 32, 16]}}
+    experiment["train"]["max_epochs"] = 1
+    trials = rt.run(experiment, quiet=True).trials()
+    in_order = trials.assign(index=trials["trial_id"].str.rsplit("_", n=1).str[-1].astype(int)).sort_values("index")
+    assert in_order["config/module__hidden"].tolist() == [32, 32, 16, 16, 8, 8]
+
+
+def test_largest_first_is_a_stable_sort_by_model_size():
+    from raytune_torch._ray import _largest_first
+
+    points = [{"optimizer__lr": lr, "module__hidden": h} for h in (8, 32, 16) for lr in (1, 2)]
+    sizes = []
+
+    def size(point):
+        sizes.append(point["module__hidden"])
+        return point["module__hidden"] * 10
+
+    ordered = _largest_first(points, size)
+    assert [(p["module__hidden"], p["optimizer__lr"]) for p in ordered] == [(32, 1), (32, 2), (16, 1), (16, 2),
+                                                                            (8, 1), (8, 2)]
+    assert sorted(sizes) == [8, 16, 32]  # one model per distinct set of module__ parameters
+    # Unknown or equal sizes leave the order alone.
+    assert _largest_first(points, lambda point: None if point["module__hidden"] == 16 else 1) == points
+    assert _largest_first(points, lambda point: 5) == points
+
+
+def test_only_a_fifo_grid_is_reordered(experiment):
+    from raytune_torch._ray import build_search
+    from raytune_torch.config import load_config
+
+    experiment["space"] = {"module__hidden": {"type": "grid", "values": [8, 16, 32, 64]}}
+    fifo = load_config(experiment)
+    asha = load_config({**experiment, "scheduler": {"name": "asha"}})
+
+    def order(config):
+        plan = build_search(config, lambda point: point["module__hidden"])
+        return [p["module__hidden"] for p in plan.search_alg._points_to_evaluate]
+
+    assert order(fifo) == [64, 32, 16, 8]
+    assert order(asha) == [p["module__hidden"] for p in build_search(asha).search_alg._points_to_evaluate]
+    assert sorted(order(asha)) == [8, 16, 32, 64]
+
+
 def test_random_search_crosses_grid_with_samples(experiment):
     experiment["space"] = {"optimizer__lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
                            "module__hidden": {"type": "grid", "values": [8, 16]}}
