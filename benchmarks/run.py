@@ -277,7 +277,9 @@ def child_main(args: argparse.Namespace) -> int:
             wl.digits_splits()  # load the data before the timer
             if args.child == "calibrate":
                 t0 = time.perf_counter()
-                result = {"s_per_epoch": wl.calibrate(workload), "wall_s": time.perf_counter() - t0}
+                result = {"s_per_epoch": wl.calibrate(workload), "wall_s": time.perf_counter() - t0,
+                          "contention": wl.contention(workload, os.cpu_count() or 1,
+                                                      seconds=1.0 if args.quick else 3.0)}
             else:
                 result = A.get_arm(args.name)(workload, storage)
     Path(args.result).write_text(json.dumps(_jsonable(result), indent=1))
@@ -333,6 +335,20 @@ def arm_row(arm: str, workload: wl.Workload, child: dict[str, Any], calibration:
     row["extra"] = {k: v for k, v in res.items() if k not in ("wall_s", "trials", "runs", "best_val_accuracy")}
     row["runs"] = res["runs"]
     return row
+
+
+def contention_lines(calibrations: dict[str, Any]) -> str:
+    lines = []
+    for name, calib in calibrations.items():
+        c = calib["contention"]
+        if c["slowdown"] <= 1.0:
+            lines.append(f"{c['processes']} reference epochs at once ({name}, {c['configuration']}): no slower than "
+                         f"alone ({c['slowdown']:.2f}x)")
+            continue
+        lines.append(f"{c['processes']} reference epochs at once ({name}, {c['configuration']}): each "
+                     f"{c['slowdown']:.2f}x as long as alone ({1000 * c['solo_s_per_epoch']:.1f} ms): no parallel "
+                     f"arm's parallel_efficiency can exceed {c['parallel_efficiency_ceiling']:.2f} on this machine")
+    return "\n".join(lines)
 
 
 def add_peer_ratios(rows: list[dict[str, Any]], pairs: dict[str, list[dict[str, Any]]]) -> None:
@@ -576,7 +592,8 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         seconds = calib["result"]["s_per_epoch"]
         calibrations[workload.name] = {"s_per_epoch": seconds, "wall_s": calib["result"]["wall_s"],
-                                       "other_cpu_pct": calib["measured"]["other_cpu_pct"]}
+                                       "other_cpu_pct": calib["measured"]["other_cpu_pct"],
+                                       "contention": calib["result"]["contention"]}
         def run_arm(arm: str, label: str) -> dict[str, Any]:
             env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"} if arm == "skorch_gridsearchcv" else None
             child = run_child(["--child", "arm", "--name", arm, *common,
@@ -632,6 +649,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{100 * r['checkpoint_every_epoch_overhead']:+.1f}% wall (median of raytune_torch_grid / "
                   f"raytune_torch_grid_ckpt_end - 1 over {len(r['checkpoint_every_epoch_overhead_pairs'])} "
                   f"pair(s): {each})")
+    print(contention_lines(calibrations))
     print(data_sharing_lines(data_sharing))
     print(f"\nbenchmarks: {report['total_wall_s']:.0f}s in all; JSON in {args.out}", flush=True)
     if failed or args.keep:

@@ -225,3 +225,69 @@ def calibrate(workload: Workload, repeats: int = 3) -> dict[str, float]:
             times.append(time.perf_counter() - t)
         out[workload.key(cfg["lr"], cfg[workload.size_param])] = float(np.median(times))
     return out
+
+
+def _largest(workload: Workload) -> dict[str, Any]:
+    return max(workload.grid(), key=lambda cfg: (cfg[workload.size_param], cfg["lr"]))
+
+
+def time_epochs(workload: Workload, seconds: float, barrier: Any = None) -> list[float]:
+    """Seconds per reference epoch of the grid's largest configuration, one torch thread, for
+    about ``seconds`` (at least three epochs) after a warm-up epoch; with ``barrier``, the timed
+    epochs start when every process sharing it is ready."""
+    import torch
+
+    torch.set_num_threads(1)
+    data = tensors()
+    gen = torch.Generator().manual_seed(SEED)
+    cfg = _largest(workload)
+    torch.manual_seed(SEED)
+    model = build_model(workload, cfg[workload.size_param])
+    opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
+    plain_epoch(model, opt, data, workload.batch_size, gen)
+    if barrier is not None:
+        barrier.wait()
+    times: list[float] = []
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end or len(times) < 3:
+        t = time.perf_counter()
+        plain_epoch(model, opt, data, workload.batch_size, gen)
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def _time_epochs_in_child(workload: Workload, seconds: float, barrier: Any, out: Any) -> None:
+    out.put(time_epochs(workload, seconds, barrier))
+
+
+def contention(workload: Workload, processes: int, seconds: float = 3.0) -> dict[str, Any]:
+    """What running ``processes`` reference epochs at once costs each of them on this machine.
+
+    The grid's largest configuration, timed alone in this process and then in ``processes``
+    fresh processes whose timed epochs start together. ``slowdown`` = the mean of their median
+    epochs / the median epoch alone: shared caches and memory bandwidth (or shared physical
+    cores) make concurrent epochs slower, and no parallel arm's ``parallel_efficiency`` can
+    exceed ``1 / slowdown``.
+    """
+    import multiprocessing as mp
+    import statistics
+
+    solo = statistics.median(time_epochs(workload, seconds))
+    ctx = mp.get_context("spawn")
+    barrier, out = ctx.Barrier(processes), ctx.Queue()
+    procs = [ctx.Process(target=_time_epochs_in_child, args=(workload, seconds, barrier, out))
+             for _ in range(processes)]
+    for proc in procs:
+        proc.start()
+    try:
+        together = [statistics.median(out.get(timeout=300)) for _ in procs]
+    finally:
+        for proc in procs:
+            proc.join(timeout=60)
+            if proc.is_alive():
+                proc.kill()
+    cfg = _largest(workload)
+    slowdown = statistics.mean(together) / solo
+    return {"configuration": workload.key(cfg["lr"], cfg[workload.size_param]), "processes": processes,
+            "solo_s_per_epoch": solo, "concurrent_s_per_epoch": together, "slowdown": slowdown,
+            "parallel_efficiency_ceiling": 1.0 / slowdown}

@@ -89,6 +89,13 @@ def test_quick_benchmark_reports_every_arm(tmp_path):
     assert rows["raytune_torch_grid"]["checkpoint_every_epoch_overhead"] == pytest.approx(sum(pairs) / 2)
     assert "checkpoint pair 2/2" in stdout
     assert "checkpoints every epoch vs once per trial (mlp)" in stdout
+    # What running one reference epoch per core at once costs each (the ceiling of efficiency).
+    contention = report["calibration"]["mlp"]["contention"]
+    assert contention["processes"] == report["machine"]["cores"]
+    assert len(contention["concurrent_s_per_epoch"]) == contention["processes"]
+    assert contention["slowdown"] == pytest.approx(
+        sum(contention["concurrent_s_per_epoch"]) / contention["processes"] / contention["solo_s_per_epoch"])
+    assert "reference epochs at once (mlp, lr=0.01,hidden=64)" in stdout
 
 
 def test_checkpoint_cost_prints_both_ways_side_by_side():
