@@ -260,19 +260,11 @@ def _time_epochs_in_child(workload: Workload, seconds: float, barrier: Any, out:
     out.put(time_epochs(workload, seconds, barrier))
 
 
-def contention(workload: Workload, processes: int, seconds: float = 3.0) -> dict[str, Any]:
-    """What running ``processes`` reference epochs at once costs each of them on this machine.
-
-    The grid's largest configuration, timed alone in this process and then in ``processes``
-    fresh processes whose timed epochs start together. ``slowdown`` = the mean of their median
-    epochs / the median epoch alone: shared caches and memory bandwidth (or shared physical
-    cores) make concurrent epochs slower, and no parallel arm's ``parallel_efficiency`` can
-    exceed ``1 / slowdown``.
-    """
+def _epochs_in_processes(workload: Workload, processes: int, seconds: float) -> list[float]:
+    """The median epoch of each of ``processes`` fresh processes timing epochs together."""
     import multiprocessing as mp
     import statistics
 
-    solo = statistics.median(time_epochs(workload, seconds))
     ctx = mp.get_context("spawn")
     barrier, out = ctx.Barrier(processes), ctx.Queue()
     procs = [ctx.Process(target=_time_epochs_in_child, args=(workload, seconds, barrier, out))
@@ -280,12 +272,27 @@ def contention(workload: Workload, processes: int, seconds: float = 3.0) -> dict
     for proc in procs:
         proc.start()
     try:
-        together = [statistics.median(out.get(timeout=300)) for _ in procs]
+        return [statistics.median(out.get(timeout=300)) for _ in procs]
     finally:
         for proc in procs:
             proc.join(timeout=60)
             if proc.is_alive():
                 proc.kill()
+
+
+def contention(workload: Workload, processes: int, seconds: float = 3.0) -> dict[str, Any]:
+    """What running ``processes`` reference epochs at once costs each of them on this machine.
+
+    The grid's largest configuration, timed in one fresh process alone, then in ``processes``
+    fresh processes whose timed epochs start together. ``slowdown`` = the mean of their median
+    epochs / the median epoch alone: shared caches and memory bandwidth (or shared physical
+    cores) make concurrent epochs slower, and no parallel arm's ``parallel_efficiency`` can
+    exceed ``1 / slowdown``.
+    """
+    import statistics
+
+    solo = _epochs_in_processes(workload, 1, seconds)[0]
+    together = _epochs_in_processes(workload, processes, seconds)
     cfg = _largest(workload)
     slowdown = statistics.mean(together) / solo
     return {"configuration": workload.key(cfg["lr"], cfg[workload.size_param]), "processes": processes,
