@@ -196,6 +196,18 @@ def plain_epoch(model, optimizer, data, batch_size: int, generator) -> float:
     return val_accuracy(model, X_va, y_va)
 
 
+def _warmed_up(workload: Workload, cfg: dict[str, Any], seed: int, data: tuple, gen: Any) -> tuple[Any, Any]:
+    """A fresh model for ``cfg`` (torch seeded with ``seed``) and its Adam, after one warm-up
+    reference epoch."""
+    import torch
+
+    torch.manual_seed(seed)
+    model = build_model(workload, cfg[workload.size_param])
+    opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
+    plain_epoch(model, opt, data, workload.batch_size, gen)
+    return model, opt
+
+
 def calibrate(workload: Workload, repeats: int = 3) -> dict[str, float]:
     """Single-thread seconds per reference epoch for every grid configuration.
 
@@ -208,16 +220,10 @@ def calibrate(workload: Workload, repeats: int = 3) -> dict[str, float]:
     torch.set_num_threads(1)
     data = tensors()
     gen = torch.Generator().manual_seed(SEED)
-    first = workload.grid()[0]
-    torch.manual_seed(SEED)
-    model = build_model(workload, first[workload.size_param])
-    plain_epoch(model, torch.optim.Adam(model.parameters(), lr=first["lr"]), data, workload.batch_size, gen)
+    _warmed_up(workload, workload.grid()[0], SEED, data, gen)
     out: dict[str, float] = {}
     for i, cfg in enumerate(workload.grid()):
-        torch.manual_seed(SEED + i)
-        model = build_model(workload, cfg[workload.size_param])
-        opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
-        plain_epoch(model, opt, data, workload.batch_size, gen)
+        model, opt = _warmed_up(workload, cfg, SEED + i, data, gen)
         times = []
         for _ in range(repeats):
             t = time.perf_counter()
@@ -240,11 +246,7 @@ def time_epochs(workload: Workload, seconds: float, barrier: Any = None) -> list
     torch.set_num_threads(1)
     data = tensors()
     gen = torch.Generator().manual_seed(SEED)
-    cfg = _largest(workload)
-    torch.manual_seed(SEED)
-    model = build_model(workload, cfg[workload.size_param])
-    opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
-    plain_epoch(model, opt, data, workload.batch_size, gen)
+    model, opt = _warmed_up(workload, _largest(workload), SEED, data, gen)
     if barrier is not None:
         barrier.wait()
     times: list[float] = []

@@ -99,7 +99,8 @@ def start_local(num_cpus: int | None = None, num_gpus: int | None = None) -> boo
                     # thread; when the store is not listening yet it retries a second later
                     # (Ray's default): in four ray.init calls out of six here, a second with
                     # the machine idle. Same 10 s budget, retried every 100 ms.
-                    **_CONNECT_RETRIES,
+                    "raylet_client_connect_timeout_milliseconds": 100,
+                    "raylet_client_num_connect_attempts": 100,
                     # No metrics exporter: nothing reads metrics without a dashboard, and the
                     # raylet registers about 0.15 s sooner without waiting for one.
                     "enable_metrics_collection": False,
@@ -110,9 +111,6 @@ def start_local(num_cpus: int | None = None, num_gpus: int | None = None) -> boo
         raise
     _LOCAL_INSTANCE = True
     return True
-
-
-_CONNECT_RETRIES = {"raylet_client_connect_timeout_milliseconds": 100, "raylet_client_num_connect_attempts": 100}
 
 
 class _WorkersReady:
