@@ -301,10 +301,11 @@ def get_arm(name: str) -> Callable[[wl.Workload, str], dict[str, Any]]:
 
 
 # ------------------------------------------------------------------------------------------------
-# Data sharing: one big dataset, 1 vs 4 concurrent raytune_torch trials
+# Data sharing: one big dataset, 1 vs 4 concurrent raytune_torch trials, each against a baseline
+# that runs as many trials on a small dataset
 
 
-DATA_CASES = ("baseline", "one", "four")
+DATA_CASES = ("baseline_one", "one", "baseline", "four")
 BIG_ROWS = 290_000
 # The baseline's trials train on full-size batches (batch size 8192) like the big runs', so their
 # working memory (a batch, its activations and gradients) is the same and the difference in peak
@@ -315,8 +316,8 @@ DATA_EPOCHS = 10
 
 
 def data_experiment(case: str, storage: str) -> dict[str, Any]:
-    rows = BASELINE_ROWS if case == "baseline" else BIG_ROWS
-    lrs = [1e-3] if case == "one" else [1e-3, 2e-3, 5e-3, 1e-2]
+    rows = BASELINE_ROWS if case.startswith("baseline") else BIG_ROWS
+    lrs = [1e-3] if case in ("one", "baseline_one") else [1e-3, 2e-3, 5e-3, 1e-2]
     return {
         "name": f"data-{case}",
         "seed": wl.SEED,
@@ -344,7 +345,7 @@ def data_case(case: str, storage: str) -> dict[str, Any]:
     result = rt.run(data_experiment(case, storage), quiet=True)
     wall = time.perf_counter() - t0
     table = result.table
-    rows = BASELINE_ROWS if case == "baseline" else BIG_ROWS
+    rows = BASELINE_ROWS if case.startswith("baseline") else BIG_ROWS
     n_val = max(4, int(rows * 0.05))
     nbytes = rows * FEATURES * 4 + rows * 8
     return {"wall_s": wall, "trials": int(table["trial_id"].nunique()), "rows": rows, "n_val": n_val,

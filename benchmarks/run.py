@@ -9,7 +9,7 @@ raytune_torch_asha (see benchmarks/README.md for what each does and how every fi
 
 This process stays light (no torch, no Ray): it runs the calibration and each arm in a fresh child
 process (``run.py --child ...``) and samples the memory (PSS) and CPU of the whole process tree,
-Ray's processes included, every 0.5 s from a thread.
+Ray's processes included, every 0.5 s from a thread (0.2 s in the data-sharing cases).
 """
 
 from __future__ import annotations
@@ -67,12 +67,35 @@ def _title(cmdline: list[str]) -> str:
     return Path(words[0] if words else cmdline[0]).name
 
 
+def _smaps_rollup(pid: int) -> dict[str, int] | None:
+    """``Pss``, ``Pss_Anon``, ``Pss_File`` and ``Pss_Shmem`` of a process in bytes (Linux 4.14+;
+    the split needs 5.x), or None where the file is missing."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as fh:
+            text = fh.read()
+    except OSError:
+        return None
+    out = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key in ("Pss", "Pss_Anon", "Pss_File", "Pss_Shmem"):
+            out[key] = int(value.split()[0]) * 1024
+    return out if "Pss" in out else None
+
+
 class TreeMonitor:
     """Samples this process and all its descendants every ``interval`` seconds from a thread.
 
     * memory: the sum of every process's PSS (shared pages split between the processes that map
       them, so Ray's shared object store and forked workers are not counted once per process);
-      ``peak_pss`` is the largest sum seen.
+      ``peak_pss`` is the largest sum seen. Where the kernel has ``/proc/PID/smaps_rollup`` the
+      sum is also split into shared memory (``Pss_Shmem``: Ray's object store) and the rest.
+    * the steady state: the median of the sums over the samples taken while the most trial
+      processes were alive. A peak is the extreme of noisy samples (a trial's working memory
+      varies by 10-20 MB between samples of the same state; a sweep that reads one process
+      before and another after a third one maps the object store counts those pages twice), so
+      a difference of two peaks moves by several tens of MB from run to run; the median does
+      not.
     * CPU: our tree's CPU seconds = this process's own CPU delta + the larger of (a) the sum over
       descendants of the last CPU time sampled for each and (b) the delta of this process's
       reaped-children CPU (rusage). Both are lower bounds: (a) misses what a process ran after its
@@ -95,6 +118,7 @@ class TreeMonitor:
         self.max_procs = 0
         self.max_trial_procs = 0
         self.samples = 0
+        self.trace: list[tuple[int, int, int | None]] = []  # (trial processes, PSS sum, Pss_Shmem sum)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="tree-monitor", daemon=True)
 
@@ -117,11 +141,13 @@ class TreeMonitor:
         except psutil.Error:
             procs = []
         total, trial_procs, count = 0, 0, 0
+        shmem: int | None = 0
         breakdown = []
         for p in [self.me, *procs]:
             try:
                 with p.oneshot():
-                    pss = p.memory_full_info().pss
+                    parts = _smaps_rollup(p.pid)
+                    pss = parts["Pss"] if parts else p.memory_full_info().pss
                     title = "benchmarks/run.py (parent)"
                     if p.pid != self.me.pid:
                         ct = p.cpu_times()
@@ -134,9 +160,11 @@ class TreeMonitor:
             except psutil.Error:
                 continue
             total += pss
+            shmem = None if shmem is None or not parts or "Pss_Shmem" not in parts else shmem + parts["Pss_Shmem"]
             count += 1
             breakdown.append((pss, title))
         self.samples += 1
+        self.trace.append((trial_procs, total, shmem))
         if total > self.peak_pss:
             self.peak_pss = total
             self.peak_breakdown = sorted(breakdown, reverse=True)
@@ -165,6 +193,8 @@ class TreeMonitor:
         sampled = sum(cpu for cpu, _ in self.seen.values())
         ours = own + max(sampled, reaped)
         other = max(0.0, sys_busy - ours)
+        steady = [(total, shmem) for procs, total, shmem in self.trace if procs and procs == self.max_trial_procs]
+        steady_shmem = [shmem for _, shmem in steady if shmem is not None]
         return {"elapsed_s": elapsed, "peak_pss_mb": self.peak_pss / MB, "max_processes": self.max_procs,
                 "max_trial_processes": self.max_trial_procs, "samples": self.samples,
                 "tree_cpu_s": ours, "tree_cpu_sampled_s": own + sampled, "tree_cpu_reaped_s": own + reaped,
@@ -173,7 +203,11 @@ class TreeMonitor:
                 "peak_pss_by_process_mb": [[title, round(pss / MB, 1)] for pss, title in self.peak_breakdown],
                 "peak_pss_while_trials_mb": self.peak_pss_trials / MB,
                 "peak_pss_while_trials_by_process_mb": [[title, round(pss / MB, 1)]
-                                                        for pss, title in self.peak_trials_breakdown]}
+                                                        for pss, title in self.peak_trials_breakdown],
+                "steady_samples": len(steady),
+                "steady_pss_mb": statistics.median(t for t, _ in steady) / MB if steady else None,
+                "steady_shmem_pss_mb": (statistics.median(steady_shmem) / MB
+                                        if steady and len(steady_shmem) == len(steady) else None)}
 
     def leftovers(self) -> list[Any]:
         """Descendants seen during the run that are still alive (same pid and start time)."""
@@ -220,12 +254,12 @@ def _child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def run_child(child_args: list[str], *, workdir: Path, label: str, timeout: float,
-              env_extra: dict[str, str] | None = None) -> dict[str, Any]:
+              env_extra: dict[str, str] | None = None, interval: float = SAMPLE_INTERVAL_S) -> dict[str, Any]:
     """Run ``run.py --child ...`` under a TreeMonitor; return its result plus the measurements."""
     result_file = workdir / f"{label}.result.json"
     log_file = workdir / f"{label}.log"
     cmd = [sys.executable, str(ROOT / "benchmarks" / "run.py"), *child_args, "--result", str(result_file)]
-    monitor = TreeMonitor().start()
+    monitor = TreeMonitor(interval).start()
     started = time.monotonic()
     error = None
     with open(log_file, "w") as log:
@@ -437,15 +471,24 @@ def data_sharing_lines(ds: dict[str, Any]) -> str:
         return "data sharing: skipped (--data-sharing runs it)"
     if "error" in ds:
         return f"data sharing: FAILED ({ds['error']})"
+
+    def f(value: float | None, spec: str = ".2f") -> str:
+        return "n/a" if value is None else format(value, spec)
+
+    steady, n = ds["steady_pss_mb"], ds["steady_samples"]
     return "\n".join([
         f"data sharing: {ds['dataset_mb']:.0f} MB float32 dataset ({ds['rows']} rows x {ds['features']} features), "
-        f"raytune_torch, {A.DATA_EPOCHS} epochs, cpu 0.5 per trial, max_concurrent 4",
-        f"  peak tree PSS while trials ran: baseline (4 trials, {ds['baseline_rows']} rows) "
-        f"{ds['baseline_peak_pss_mb']:.0f} MB, 1 trial {ds['one_trial_peak_pss_mb']:.0f} MB, 4 trials "
-        f"{ds['four_trials_peak_pss_mb']:.0f} MB (at most {ds['four_trials_max_trial_processes']} trial processes "
-        f"alive at once)",
-        f"  copies_of_dataset (4 trials) = {ds['copies_of_dataset']:.2f} "
-        f"(whole run, start and end included: {ds['copies_of_dataset_whole_run']:.2f}); "
+        f"raytune_torch, {A.DATA_EPOCHS} epochs, cpu 0.5 per trial, max_concurrent 4; baselines run as many "
+        f"trials on {ds['baseline_rows']} rows",
+        f"  tree PSS while the trials ran (median of {n['four']}/{n['baseline']} samples with all trial processes "
+        f"alive): 4 trials {f(steady['four'], '.0f')} MB vs baseline {f(steady['baseline'], '.0f')} MB; "
+        f"1 trial {f(steady['one'], '.0f')} MB vs baseline {f(steady['baseline_one'], '.0f')} MB",
+        f"  copies_of_dataset: 4 trials {f(ds['copies_of_dataset'])}, 1 trial {f(ds['copies_of_dataset_one_trial'])} "
+        f"(object store's pages: {f(ds['object_store_copies'])} / {f(ds['object_store_copies_one_trial'])}; "
+        f"private memory {f(ds['private_mb_per_trial'], '+.1f')} / {f(ds['private_mb_one_trial'], '+.1f')} MB per trial)",
+        f"  peaks: 4 trials {ds['four_trials_peak_pss_mb']:.0f} MB (at most {ds['four_trials_max_trial_processes']} "
+        f"trial processes alive at once), 1 trial {ds['one_trial_peak_pss_mb']:.0f} MB; "
+        f"copies at the peak {ds['copies_of_dataset_at_peak']:.2f} (whole run {ds['copies_of_dataset_whole_run']:.2f}); "
         f"4-trial/1-trial peak PSS = {ds['ratio_four_to_one']:.2f}; "
         f"+{ds['extra_mb_per_extra_trial']:.0f} MB per extra concurrent trial",
     ])
@@ -481,42 +524,78 @@ def machine_info(cores: int) -> dict[str, Any]:
 # Parent
 
 
+DATA_SAMPLE_INTERVAL_S = 0.2  # four trials overlap for about two seconds
+
+
 def run_data_sharing(workdir: Path, timeout: float) -> dict[str, Any]:
     measured = {}
     walls = {}
     for case in A.DATA_CASES:
         print(f"- data sharing: {case} ...", flush=True)
         child = run_child(["--child", "data", "--name", case, "--storage", str(workdir / f"data-{case}")],
-                          workdir=workdir, label=f"data-{case}", timeout=timeout)
+                          workdir=workdir, label=f"data-{case}", timeout=timeout, interval=DATA_SAMPLE_INTERVAL_S)
         if "error" in child:
             return {"error": f"{case}: {child['error']}", "log": child["log"]}
         measured[case] = child
         walls[case] = child["result"]["wall_s"]
-    big = measured["one"]["result"]
+    return data_sharing_figures({c: m["measured"] for c, m in measured.items()},
+                                {c: m["result"] for c, m in measured.items()}, walls)
+
+
+def data_sharing_figures(measured: dict[str, dict[str, Any]], results: dict[str, dict[str, Any]],
+                         walls: dict[str, float]) -> dict[str, Any]:
+    """What the big dataset costs, from each case's samples (see benchmarks/README.md).
+
+    Each big case is compared with the baseline that runs as many trials on a small dataset, so
+    what differs is the data. The headline is the steady state (median PSS sum while the most
+    trial processes were alive); the peaks are reported beside it.
+    """
+    big = results["one"]
     nbytes = big["dataset_bytes"]
-    # The figures use the peak while trials ran (they are what share the data); the whole run's
-    # peak also catches the moment the driver puts the arrays in the store, and idle workers
-    # that Ray has not yet stopped after the trials (each holds torch: about 300 MB).
-    peak = {case: measured[case]["measured"]["peak_pss_while_trials_mb"] * MB for case in A.DATA_CASES}
-    whole = {case: measured[case]["measured"]["peak_pss_mb"] * MB for case in A.DATA_CASES}
-    base_bytes = measured["baseline"]["result"]["dataset_bytes"]
+    delta = nbytes - results["baseline"]["dataset_bytes"]
+    pairs = {"four": "baseline", "one": "baseline_one"}
+
+    def copies(key: str, case: str) -> float | None:
+        a, b = measured[case].get(key), measured[pairs[case]].get(key)
+        return None if a is None or b is None else (a - b) * MB / delta
+
+    def private_mb(case: str) -> float | None:  # all but the shared memory, per trial
+        m, b = measured[case], measured[pairs[case]]
+        if None in (m.get("steady_shmem_pss_mb"), b.get("steady_shmem_pss_mb")):
+            return None
+        trials = 4 if case == "four" else 1
+        return ((m["steady_pss_mb"] - m["steady_shmem_pss_mb"]) - (b["steady_pss_mb"] - b["steady_shmem_pss_mb"])) / trials
+
+    # The peak while trials ran (they are what share the data); the whole run's peak also
+    # catches the moment the driver puts the arrays in the store, and idle workers that Ray has
+    # not yet stopped after the trials (each holds torch: about 300 MB).
+    peak = {case: measured[case]["peak_pss_while_trials_mb"] for case in A.DATA_CASES}
+    whole = {case: measured[case]["peak_pss_mb"] for case in A.DATA_CASES}
     return {
         "rows": big["rows"], "features": A.FEATURES, "dataset_bytes": nbytes, "dataset_mb": nbytes / MB,
-        "baseline_rows": measured["baseline"]["result"]["rows"],
-        "baseline_peak_pss_mb": peak["baseline"] / MB, "one_trial_peak_pss_mb": peak["one"] / MB,
-        "four_trials_peak_pss_mb": peak["four"] / MB,
-        "baseline_dataset_bytes": base_bytes,
-        "copies_of_dataset": (peak["four"] - peak["baseline"]) / (nbytes - base_bytes),
-        "copies_of_dataset_whole_run": (whole["four"] - whole["baseline"]) / (nbytes - base_bytes),
-        "whole_run_peak_pss_mb": {c: whole[c] / MB for c in A.DATA_CASES},
+        "baseline_rows": results["baseline"]["rows"], "baseline_dataset_bytes": results["baseline"]["dataset_bytes"],
+        "copies_of_dataset": copies("steady_pss_mb", "four"),
+        "copies_of_dataset_one_trial": copies("steady_pss_mb", "one"),
+        "object_store_copies": copies("steady_shmem_pss_mb", "four"),
+        "object_store_copies_one_trial": copies("steady_shmem_pss_mb", "one"),
+        "private_mb_per_trial": private_mb("four"),
+        "private_mb_one_trial": private_mb("one"),
+        "steady_pss_mb": {c: measured[c]["steady_pss_mb"] for c in A.DATA_CASES},
+        "steady_shmem_pss_mb": {c: measured[c]["steady_shmem_pss_mb"] for c in A.DATA_CASES},
+        "steady_samples": {c: measured[c]["steady_samples"] for c in A.DATA_CASES},
+        "copies_of_dataset_at_peak": (peak["four"] - peak["baseline"]) * MB / delta,
+        "copies_of_dataset_whole_run": (whole["four"] - whole["baseline"]) * MB / delta,
+        "baseline_peak_pss_mb": peak["baseline"], "one_trial_peak_pss_mb": peak["one"],
+        "four_trials_peak_pss_mb": peak["four"],
+        "whole_run_peak_pss_mb": whole,
         "ratio_four_to_one": peak["four"] / peak["one"],
-        "extra_mb_per_extra_trial": (peak["four"] - peak["one"]) / 3 / MB,
-        "four_trials_max_trial_processes": measured["four"]["measured"]["max_trial_processes"],
+        "extra_mb_per_extra_trial": (peak["four"] - peak["one"]) / 3,
+        "four_trials_max_trial_processes": measured["four"]["max_trial_processes"],
         "wall_s": walls,
-        "other_cpu_pct": {c: measured[c]["measured"]["other_cpu_pct"] for c in A.DATA_CASES},
-        "peak_pss_while_trials_by_process_mb": {c: measured[c]["measured"]["peak_pss_while_trials_by_process_mb"]
+        "other_cpu_pct": {c: measured[c]["other_cpu_pct"] for c in A.DATA_CASES},
+        "peak_pss_while_trials_by_process_mb": {c: measured[c]["peak_pss_while_trials_by_process_mb"]
                                                 for c in A.DATA_CASES},
-        "peak_pss_by_process_mb": {c: measured[c]["measured"]["peak_pss_by_process_mb"] for c in A.DATA_CASES},
+        "peak_pss_by_process_mb": {c: measured[c]["peak_pss_by_process_mb"] for c in A.DATA_CASES},
     }
 
 

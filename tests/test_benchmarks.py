@@ -109,3 +109,91 @@ def test_checkpoint_cost_prints_both_ways_side_by_side():
     for cells in rows.values():
         state_kb, epoch_ms, place_ms, temporary_ms = (float(c.split()[0]) for c in cells[:4])
         assert state_kb > 0 and epoch_ms > 0 and place_ms > 0 and temporary_ms > 0
+
+
+def _bench_run_module():
+    sys.path.insert(0, str(ROOT))
+    from benchmarks import run
+
+    return run
+
+
+def _has_shmem_split() -> bool:
+    try:
+        return "Pss_Shmem:" in Path("/proc/self/smaps_rollup").read_text() and Path("/dev/shm").is_dir()
+    except OSError:
+        return False
+
+
+_MAPPER = """
+import mmap, os, sys, time
+with open(sys.argv[1], "rb") as fh:
+    m = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+total = sum(m[i] for i in range(0, len(m), 4096))  # touch every page: now it is in this process's PSS
+open(sys.argv[2], "w").close()
+time.sleep(float(sys.argv[3]))
+"""
+
+
+@pytest.mark.skipif(not _has_shmem_split(), reason="needs /dev/shm and Pss_Shmem in /proc/PID/smaps_rollup")
+def test_tree_monitor_counts_shared_pages_once_and_reports_the_steady_state(tmp_path):
+    run = _bench_run_module()
+    size = 48 * 2 ** 20
+    shm = Path("/dev/shm") / f"raytune-torch-test-{os.getpid()}"
+    shm.write_bytes(b"\x01" * size)
+    monitor = run.TreeMonitor(0.05).start()
+    procs = []
+    try:
+        for i in range(3):  # titled like Ray's trial processes, which the monitor counts as trials
+            procs.append(subprocess.Popen(["ray::ImplicitFunc.train", "-c", _MAPPER, str(shm), str(tmp_path / str(i)),
+                                           "3"], executable=sys.executable))
+        for proc in procs:
+            assert proc.wait(timeout=60) == 0
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        measured = monitor.stop()
+        shm.unlink()
+    assert measured["max_trial_processes"] == 3
+    assert measured["steady_samples"] >= 10
+    # Three processes map the same 48 MB: PSS splits the pages between them, so the sum is one copy.
+    assert measured["steady_shmem_pss_mb"] == pytest.approx(48, abs=3)
+    assert measured["steady_pss_mb"] >= measured["steady_shmem_pss_mb"]
+    assert measured["steady_pss_mb"] <= measured["peak_pss_while_trials_mb"]
+
+
+def test_data_sharing_figures_pair_each_big_case_with_the_baseline_of_as_many_trials():
+    run = _bench_run_module()
+    mb = 2 ** 20
+    data = 300 * mb
+    base = 30 * mb
+    measured, results = {}, {}
+    # (steady PSS, steady Pss_Shmem, peak PSS) per case: the data once in the store, +2 MB private per trial
+    figures = {"baseline_one": (1000, 30, 1010), "one": (1272, 300, 1290),
+               "baseline": (2000, 30, 2020), "four": (2278, 300, 2310)}
+    for case, (steady, shmem, peak) in figures.items():
+        measured[case] = {"steady_pss_mb": steady, "steady_shmem_pss_mb": shmem, "steady_samples": 9,
+                          "peak_pss_while_trials_mb": peak, "peak_pss_mb": peak + 50, "max_trial_processes": 4,
+                          "other_cpu_pct": 1.0, "peak_pss_while_trials_by_process_mb": [],
+                          "peak_pss_by_process_mb": []}
+        big = not case.startswith("baseline")
+        results[case] = {"rows": 1000 if big else 100, "dataset_bytes": data if big else base}
+    ds = run.data_sharing_figures(measured, results, {c: 1.0 for c in figures})
+    assert ds["copies_of_dataset"] == pytest.approx(278 / 270)
+    assert ds["copies_of_dataset_one_trial"] == pytest.approx(272 / 270)
+    assert ds["object_store_copies"] == ds["object_store_copies_one_trial"] == pytest.approx(1.0)
+    assert ds["private_mb_per_trial"] == pytest.approx(2.0)
+    assert ds["private_mb_one_trial"] == pytest.approx(2.0)
+    assert ds["copies_of_dataset_at_peak"] == pytest.approx(290 / 270)
+    text = run.data_sharing_lines(ds)
+    assert "copies_of_dataset: 4 trials 1.03, 1 trial 1.01" in text
+    assert "object store's pages: 1.00 / 1.00" in text
+    # Without the shared-memory split (an older kernel) the parts are n/a, the totals still there.
+    for case in figures:
+        measured[case]["steady_shmem_pss_mb"] = None
+    ds = run.data_sharing_figures(measured, results, {c: 1.0 for c in figures})
+    assert ds["object_store_copies"] is None and ds["private_mb_per_trial"] is None
+    assert ds["copies_of_dataset"] == pytest.approx(278 / 270)
+    assert "object store's pages: n/a / n/a" in run.data_sharing_lines(ds)
