@@ -563,8 +563,8 @@ def data_sharing_figures(measured: dict[str, dict[str, Any]], results: dict[str,
         m, b = measured[case], measured[pairs[case]]
         if None in (m.get("steady_shmem_pss_mb"), b.get("steady_shmem_pss_mb")):
             return None
-        trials = 4 if case == "four" else 1
-        return ((m["steady_pss_mb"] - m["steady_shmem_pss_mb"]) - (b["steady_pss_mb"] - b["steady_shmem_pss_mb"])) / trials
+        return (((m["steady_pss_mb"] - m["steady_shmem_pss_mb"]) - (b["steady_pss_mb"] - b["steady_shmem_pss_mb"]))
+                / results[case]["trials"])
 
     # The peak while trials ran (they are what share the data); the whole run's peak also
     # catches the moment the driver puts the arrays in the store, and idle workers that Ray has

@@ -179,7 +179,8 @@ def test_data_sharing_figures_pair_each_big_case_with_the_baseline_of_as_many_tr
                           "other_cpu_pct": 1.0, "peak_pss_while_trials_by_process_mb": [],
                           "peak_pss_by_process_mb": []}
         big = not case.startswith("baseline")
-        results[case] = {"rows": 1000 if big else 100, "dataset_bytes": data if big else base}
+        results[case] = {"rows": 1000 if big else 100, "dataset_bytes": data if big else base,
+                         "trials": 4 if case in ("four", "baseline") else 1}
     ds = run.data_sharing_figures(measured, results, {c: 1.0 for c in figures})
     assert ds["copies_of_dataset"] == pytest.approx(278 / 270)
     assert ds["copies_of_dataset_one_trial"] == pytest.approx(272 / 270)
