@@ -104,6 +104,13 @@ def start_local(num_cpus: int | None = None, num_gpus: int | None = None) -> boo
                     # No metrics exporter: nothing reads metrics without a dashboard, and the
                     # raylet registers about 0.15 s sooner without waiting for one.
                     "enable_metrics_collection": False,
+                    # The raylet starts its one worker per CPU as soon as it is up, not when the
+                    # first driver registers (Ray's default): the workers begin importing torch
+                    # about 0.5 s sooner, and the first trial starts that much sooner (median of
+                    # three A/B pairs each on the mlp grid: 4.10 s against 4.55 s after run()).
+                    # The raylet then also starts workers ahead of queued leases, never beyond
+                    # its free CPUs: a 16-trial grid or ASHA run still uses the two it began with.
+                    "enable_worker_prestart": True,
                 },
             )
     except BaseException:

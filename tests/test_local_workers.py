@@ -139,13 +139,15 @@ def test_local_instance_retries_connections_every_100_ms_and_exports_no_metrics(
     """The instance's configuration as its GCS gives it to the raylet and the workers: a socket
     that is not listening yet is retried after 100 ms (Ray's default is a second, which the raylet
     often waits at start: its object store is starting on another thread), within the same 10 s;
-    no metrics exporter (no dashboard reads them)."""
+    no metrics exporter (no dashboard reads them); workers started as soon as the raylet is up."""
     import ray
 
     config = ray._private.state.state.get_system_config()
     assert config["raylet_client_connect_timeout_milliseconds"] == 100
     assert config["raylet_client_connect_timeout_milliseconds"] * config["raylet_client_num_connect_attempts"] == 10_000
     assert config["enable_metrics_collection"] is False
+    # Workers start with the raylet, not when the first driver registers.
+    assert config["enable_worker_prestart"] is True
 
 
 def test_a_killed_drivers_worker_directory_is_removed_by_the_next_run(tmp_path):
