@@ -77,7 +77,7 @@ def start_local(num_cpus: int | None = None, num_gpus: int | None = None) -> boo
     num_cpus = num_cpus or os.cpu_count() or 1
     _workers_ready.start(int(num_cpus))
     try:
-        with _without_idle_daemons():
+        with _without_idle_daemons(), _quiet_default_token_auth():
             ray.init(
                 address="local",
                 num_cpus=num_cpus,
@@ -118,6 +118,27 @@ def start_local(num_cpus: int | None = None, num_gpus: int | None = None) -> boo
         raise
     _LOCAL_INSTANCE = True
     return True
+
+
+class _DropDefaultTokenAuthWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Token authentication is enabled for this Ray cluster.")
+
+
+@contextlib.contextmanager
+def _quiet_default_token_auth():
+    """Ray 2.60 turns token authentication on for a new local instance when ``RAY_AUTH_MODE`` is
+    unset (the token in ``~/.ray/auth_token``, made if missing) and logs a warning saying how to
+    turn it off, on every run. For the private instance that is this library's secure default,
+    not news: that one message is dropped while it starts. Everything else Ray logs, and Ray's
+    behaviour (an explicit ``RAY_AUTH_MODE=disabled`` included), are unchanged."""
+    logger = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    quiet = _DropDefaultTokenAuthWarning()
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
 
 
 class _WorkersReady:

@@ -112,7 +112,9 @@ def test_console_script_starts_a_private_loopback_instance(tmp_path):
     jobs_before = len(ray._private.state.jobs())
     # A cluster is running here (this session's, at `gcs`): without --address or RAY_ADDRESS it
     # must not be joined (plain `ray.init()` would attach to it).
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    # Nor RAY_AUTH_MODE: Ray set it in this process when the session's instance started, and a
+    # user's shell has none (Ray then turns token authentication on itself, with a warning).
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
     assert gcs
     proc = subprocess.run(
         [sys.executable, "-m", "raytune_torch.cli", "run", "examples/digits_mlp.yaml", "--num-samples", "2",
@@ -124,6 +126,26 @@ def test_console_script_starts_a_private_loopback_instance(tmp_path):
     assert len(lines) <= 8, proc.stdout  # header, Ray line, one line per trial, summary
     assert (tmp_path / "digits-mlp" / "best.json").is_file()
     assert len(ray._private.state.jobs()) == jobs_before  # nothing joined this session's cluster
+    # Token authentication is the private instance's default, not a warning on every run.
+    assert "Token authentication is enabled" not in proc.stderr, proc.stderr[-3000:]
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_local_instance_requires_the_token():
+    """The private instance uses Ray's token authentication: a client without the token, or with
+    another one, is refused; with the token in ~/.ray/auth_token it is answered."""
+    import ray
+
+    from raytune_torch import _ray
+    from raytune_torch.auth import Token, find_token
+    from raytune_torch.exceptions import ClusterError
+
+    gcs = ray.get_runtime_context().gcs_address
+    with pytest.raises(ClusterError, match="requires token authentication and no token was found"):
+        _ray._probe_gcs(gcs, Token())
+    with pytest.raises(ClusterError, match="refused the token"):
+        _ray._probe_gcs(gcs, Token("0" * 32, "a wrong token"))
+    _ray._probe_gcs(gcs, find_token())
 
 
 @pytest.mark.usefixtures("ray_session")
