@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import difflib
 import math
 import numbers
 import sys
@@ -40,13 +39,14 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
 
+from ._names import ESTIMATOR_PREFIXES as PREFIXES
+from ._names import fix_prefix, is_routed, suggest
 from .components import build_loss, build_model, build_optimizer, params_for
 from .data import as_tensors, iterate_batches
 from .loop import StepContext, evaluate, predict, train_epoch
 
 __all__ = ["TorchClassifier", "TorchRegressor"]
 
-PREFIXES = ("module__", "optimizer__", "criterion__")
 # Names people write for a parameter of another library, and ours.
 _ALIASES = {
     "learning_rate": "lr",
@@ -70,18 +70,16 @@ _INIT, _SPLIT, _EPOCH = 0, 1, 2
 
 
 def _is_routed(key: str) -> bool:
-    return any(key.startswith(p) and len(key) > len(p) for p in PREFIXES)
+    return is_routed(key, PREFIXES)
 
 
 def _suggestion(key: str, names: list[str]) -> str | None:
-    for stem, prefix in _PREFIX_STEMS.items():
-        rest = key[len(stem):]
-        if key.startswith(stem + "_") and rest.strip("_"):
-            return prefix + rest.lstrip("_")
+    fixed = fix_prefix(key, _PREFIX_STEMS)
+    if fixed is not None:
+        return fixed
     if key.lower() in _ALIASES:
         return _ALIASES[key.lower()]
-    match = difflib.get_close_matches(key, names, n=1, cutoff=0.75)
-    return match[0] if match else None
+    return suggest(key, names)
 
 
 def _unexpected(owner: str, keys: list[str], names: list[str]) -> str:
