@@ -220,7 +220,8 @@ class Trial:
     def _improved(self, value: float) -> bool:
         if self.best is None:
             return True
-        delta = self.config.train.early_stopping_min_delta
+        early = self.config.train.early_stopping
+        delta = early.min_delta if early is not None else 0.0
         return value < self.best - delta if self.mode == "min" else value > self.best + delta
 
     def end_epoch(self, train_loss: float) -> bool:
@@ -250,7 +251,8 @@ class Trial:
         metrics["trial_seed"] = self.seed
         metrics["device"] = str(self.device)
         metrics["diverged"] = int(diverged)
-        patience = self.config.train.early_stopping_patience
+        early = self.config.train.early_stopping
+        patience = early.patience if early is not None else None
         if not diverged:
             value = metrics.get(self.metric)
             if value is not None and math.isfinite(value) and self._improved(value):

@@ -12,6 +12,7 @@ import yaml
 from raytune_torch.config import (
     SCHEDULERS,
     ComponentConfig,
+    EarlyStoppingConfig,
     ExperimentConfig,
     config_to_dict,
     load_config,
@@ -123,7 +124,7 @@ def test_full_experiment():
     assert cfg.optimizer == ComponentConfig("sgd", {"momentum": 0.9})
     assert cfg.loss == ComponentConfig("cross_entropy", {})
     assert cfg.lr_scheduler == ComponentConfig("step", {"step_size": 2})
-    assert cfg.train.early_stopping_patience == 2 and cfg.train.early_stopping_min_delta == 0.01
+    assert cfg.train.early_stopping == EarlyStoppingConfig(patience=2, min_delta=0.01)
     assert cfg.space == {
         "optimizer__lr": Float(1e-4, 1e-1, log=True),
         "module__hidden": Int(16, 64, step=16),
@@ -195,16 +196,17 @@ def test_grace_period_longer_than_training_and_other_problems():
     })
     expected = [
         "train.batch_size: must be >= 1, got 0",
-        "train.metrics: 'mse' is not a classification metric (choose from accuracy, f1, roc_auc)",
         "space.foo: unknown trial parameter. A trial parameter is one of batch_size, lr, optimizer, seed, "
         "module__<name>, optimizer__<name>, loss__<name>, lr_scheduler__<name>",
         "space.module_hidden: unknown trial parameter; did you mean 'module__hidden'? A trial parameter",
         "scheduler (asha): unknown key 'bracket'; did you mean 'brackets'? (allowed: grace_period, "
         "reduction_factor, brackets)",
         "scheduler.reduction_factor: must be > 1.0, got 1.0",
-        "scheduler.grace_period: 5 is more than train.max_epochs (3); lower it or train longer",
         "resources.cpu: must be > 0.0, got 0.0",
         "resources.gpu: a share above 1 must be a whole number of GPUs, got 1.5",
+        # the rules between sections come after every section is read
+        "train.metrics: 'mse' is not a classification metric (choose from accuracy, f1, roc_auc)",
+        "scheduler.grace_period: 5 is more than train.max_epochs (3); lower it or train longer",
     ]
     assert len(problems) == len(expected), problems
     for want, got in zip(expected, problems):

@@ -1,0 +1,48 @@
+"""The ``search:`` section: the searcher, how many trials, and the metric to optimize."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from .. import space as sp
+from ._problems import Problems, field_names, given
+from .train import HIGHER_IS_BETTER
+
+__all__ = ["SearchConfig"]
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """The searcher (:data:`raytune_torch.space.SEARCHERS`), ``num_samples`` (>= 1) trials, and the
+    reported ``metric`` to ``mode`` (min or max; written or not, it follows the metric)."""
+
+    algorithm: str = "random"
+    num_samples: int = 1
+    metric: str = "val_loss"
+    mode: str = "min"
+    max_concurrent: int | None = None
+
+    @classmethod
+    def from_dict(cls, raw: Any, problems: Problems) -> SearchConfig:
+        """Read the ``search:`` value; whether the metric is reported is checked with ``train`` (rules)."""
+        search = problems.mapping("search", raw)
+        problems.unknown("search", search, field_names(cls))
+        algorithm = search.get("algorithm", cls.algorithm)
+        problems.one_of("search.algorithm", algorithm, sp.SEARCHERS, noun="searcher")
+        num_samples = problems.typed("search.num_samples", search.get("num_samples", cls.num_samples), int, minimum=1)
+        metric = search.get("metric", cls.metric)
+        mode = search.get("mode", "max" if str(metric).removeprefix("val_") in HIGHER_IS_BETTER else "min")
+        if mode not in ("min", "max"):
+            problems.add(f"search.mode: must be 'min' or 'max', got {mode!r}")
+            mode = None
+        max_concurrent = search.get("max_concurrent")
+        if max_concurrent is not None:
+            max_concurrent = problems.typed("search.max_concurrent", max_concurrent, int, minimum=1)
+        # algorithm and metric are kept as written: the rules after parsing report on them again
+        return cls(algorithm=algorithm, metric=metric,
+                   **given(num_samples=num_samples, mode=mode, max_concurrent=max_concurrent))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The section as the file writes it, ``mode`` included; no ``max_concurrent`` when unset."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
