@@ -69,8 +69,8 @@ class ExperimentConfig:
         The result is complete only when ``problems`` stayed empty.
         """
         problems.unknown("experiment", raw, SECTIONS)
-        # A key without a default is read even when absent, to report it missing; it is kept even
-        # when unreadable, as no rule reads it.
+        # A key without a default (name, model, data) is read even when absent, to report it
+        # missing, and kept even when None: no rule reads the name or the model.
         required = {f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING}
         values = {key: section.parse(raw.get(key), problems)
                   for key, section in SECTIONS.items() if key in raw or key in required}
