@@ -15,6 +15,7 @@ from .exceptions import (
     RaytuneTorchError,
     ResourceError,
     ClusterError,
+    RayVersionError,
     ResultsError,
 )
 from .space import Choice, Float, Grid, Int
@@ -65,6 +66,7 @@ __all__ = [
     "PreflightError",
     "ResourceError",
     "ClusterError",
+    "RayVersionError",
     "CheckpointError",
     "ResultsError",
     "__version__",

@@ -9,6 +9,7 @@ Exception tree::
     │                             in the driver, before Ray starts any trial
     ├── ResourceError             no node of the cluster can satisfy one trial's resources
     ├── ClusterError              a Ray cluster cannot be reached or refuses us (address, token)
+    ├── RayVersionError           the installed Ray is outside the range this library is tested with
     ├── CheckpointError           a checkpoint file is missing, truncated, or does not match
     └── ResultsError              a run directory is missing or is not a raytune_torch run
 """
@@ -21,6 +22,7 @@ __all__ = [
     "PreflightError",
     "ResourceError",
     "ClusterError",
+    "RayVersionError",
     "CheckpointError",
     "ResultsError",
 ]
@@ -54,6 +56,10 @@ class ResourceError(RaytuneTorchError):
 
 class ClusterError(RaytuneTorchError):
     """A Ray cluster (GCS or dashboard/Jobs API) cannot be reached, or refuses the token."""
+
+
+class RayVersionError(RaytuneTorchError, ImportError):
+    """The installed Ray is outside the tested range (the message names the range and the fix)."""
 
 
 class CheckpointError(RaytuneTorchError):

@@ -20,18 +20,25 @@ from typing import Any, TextIO
 from .auth import auth_headers, check_dashboard, client_env
 from .exceptions import ClusterError, ConfigError
 
-__all__ = ["submit", "job_status", "job_logs", "stop_job", "list_jobs", "EXCLUDES"]
+__all__ = ["submit", "submit_with_retry", "job_status", "job_logs", "stop_job", "list_jobs", "EXCLUDES"]
 
 # Never uploaded with the working directory.
 EXCLUDES = [".git", ".venv", "venv", "__pycache__", "*.pyc", ".pytest_cache", ".cluster", "runs", "*.egg-info",
             "auth_token"]
 
 
-def _client(address: str, token_file: str | None) -> Any:
+def _client(address: str, token_file: str | None, out: TextIO | None = None) -> Any:
+    """The Jobs SDK's client for the dashboard at ``address``, after asking it (with the token)
+    for its version; with ``out``, a line there when the cluster runs another Ray version."""
     token = client_env(token_file)
-    check_dashboard(address, token)
+    answer = check_dashboard(address, token)
     from ray.job_submission import JobSubmissionClient
 
+    from ._ray.version import job_version_note
+
+    note = job_version_note(address, answer.get("ray_version"))
+    if note and out is not None:
+        print(f"raytune-torch: {note}", file=out, flush=True)
     try:
         return JobSubmissionClient(address.rstrip("/"), headers=auth_headers(token))
     except Exception as exc:  # the SDK's own connection errors
@@ -77,13 +84,11 @@ def submit(experiment: str, address: str, *, working_dir: str | None = None, wai
                           f"job's temporary working directory and be lost. Set storage to a path every node mounts "
                           f"(/mnt/shared/runs) or an object-store URI (s3://bucket/runs), in the file or with --storage")
     entrypoint, _ = remote_command(experiment, working_dir, extra_args or [])
-    client = _client(address, token_file)
+    client = _client(address, token_file, out)
     runtime_env = {"working_dir": os.path.abspath(working_dir), "excludes": EXCLUDES}
     submission_id = job_id or f"raytune-{config.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(2).hex()}"
-    try:
-        job = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env, submission_id=submission_id)
-    except Exception as exc:
-        raise ClusterError(f"the Jobs API at {address} refused the job: {type(exc).__name__}: {exc}") from None
+    job = submit_with_retry(client, address, entrypoint=entrypoint, runtime_env=runtime_env,
+                            submission_id=submission_id)
     print(f"raytune-torch: submitted job {job} to {address} (experiment {config.name}: {entrypoint})", file=out,
           flush=True)
     if not wait:
@@ -91,6 +96,32 @@ def submit(experiment: str, address: str, *, working_dir: str | None = None, wai
               file=out, flush=True)
         return job, 0
     return job, follow(client, job, out)
+
+
+#: what the Jobs API answers while the head node's job agent is not up yet (a cluster just started)
+AGENT_NOT_READY = "No available agent to submit job"
+
+
+def submit_with_retry(client: Any, address: str, *, timeout_s: float = 60.0, interval_s: float = 1.0,
+                      **job: Any) -> str:
+    """``client.submit_job(**job)``, retried for at most ``timeout_s`` while the cluster says its
+    job agent is not ready; returns the job id.
+
+    Raises:
+        ClusterError: the Jobs API refused the job, or its agent was not ready in ``timeout_s``.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return client.submit_job(**job)
+        except Exception as exc:
+            if AGENT_NOT_READY in str(exc) and time.monotonic() + interval_s < deadline:
+                time.sleep(interval_s)
+                continue
+            waited = f" (its job agent was still not ready after {timeout_s:g}s; try again)" \
+                if AGENT_NOT_READY in str(exc) else ""
+            raise ClusterError(f"the Jobs API at {address} refused the job{waited}: {type(exc).__name__}: "
+                               f"{exc}") from None
 
 
 def follow(client: Any, job: str, out: TextIO) -> int:

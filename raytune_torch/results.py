@@ -21,7 +21,7 @@ import numpy as np
 
 from .exceptions import ResultsError
 
-__all__ = ["TuneResult", "write_results", "METRIC_COLUMNS"]
+__all__ = ["TuneResult", "write_results", "write_trial_table", "METRIC_COLUMNS"]
 
 METRIC_COLUMNS = ("epoch", "train_loss", "val_loss", "lr", "epoch_time_s", "samples_per_s", "trial_seed",
                   "diverged", "early_stopped", "device", "node_id")
@@ -204,6 +204,26 @@ def _checkpoint_bytes(result: Any) -> int:
         for f in result.filesystem.get_file_info(pafs.FileSelector(info.path, recursive=True)):
             total += f.size or 0 if f.type == pafs.FileType.File else 0
     return total
+
+
+def write_trial_table(trials: list[tuple[Any, dict]], metric_names: tuple[str, ...], run_dir: str) -> None:
+    """``results.parquet`` of a run whose trials are not an experiment's (TorchSearchCV): every
+    trial and epoch from its history file. ``trials``: ``(Ray Result, the trial's parameters)``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = []
+    for result, params in trials:
+        base = {"trial_id": os.path.basename(result.path).removeprefix("trial_"), "error": _error_text(result.error)}
+        config = {f"config/{k}": v if isinstance(v, (int, float, str, bool)) else json.dumps(v, default=str)
+                  for k, v in params.items()}
+        history = f"{result.path.rstrip('/')}/history.jsonl"
+        rows.extend({**base, **row, **config} for row in _trial_rows(history, metric_names))
+    if rows:
+        columns = ["trial_id", "epoch", *metric_names, "error",
+                   *sorted({k for r in rows for k in r if k.startswith("config/")})]
+        pq.write_table(pa.table({c: _column([r.get(c) for r in rows]) for c in columns}),
+                       os.path.join(run_dir, "results.parquet"))
 
 
 def _column(values: list) -> Any:

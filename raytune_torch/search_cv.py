@@ -1,6 +1,6 @@
 """``TorchSearchCV``: scikit-learn's search API, run on Ray Tune with k-fold CV inside each trial.
 
-Each trial is one candidate configuration. It trains all k folds of that configuration one epoch
+Each trial is one candidate configuration (:mod:`raytune_torch.cv_trial`). It trains all k folds of that configuration one epoch
 at a time (``partial_fit``) and reports, after every epoch, the fold-mean and standard deviation
 of every score, so ASHA, HyperBand or median stopping prune on the cross-validated score.
 
@@ -11,189 +11,19 @@ inner split of its *training* part, never on the fold's validation part.
 
 from __future__ import annotations
 
-import math
 import os
 import time
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from . import space as sp
+from .cv_trial import CVSpec, run_cv_trial
 from .exceptions import ConfigError
 
 __all__ = ["TorchSearchCV", "run_cv_trial"]
-
-
-# ------------------------------------------------------------------------------------------------
-# What every trial receives through the object store
-
-
-@dataclass
-class CVSpec:
-    X: Any
-    y: Any
-    splits: list[tuple[np.ndarray, np.ndarray]]
-    estimator: Any
-    scorers: dict[str, Any]
-    max_epochs: int
-    error_score: Any
-    return_train_score: bool
-    candidates: list[dict] | None = None  # set when trials carry a candidate index
-    classes: np.ndarray | None = None
-    random_state: int = 0
-    fit_params: dict = field(default_factory=dict)
-
-
-def _index(data: Any, idx: np.ndarray) -> Any:
-    from sklearn.utils import _safe_indexing
-
-    return _safe_indexing(data, idx)
-
-
-@dataclass
-class _Fold:
-    estimator: Any  # the whole (pipeline) estimator scored on the fold
-    final: Any  # its last step, trained with partial_fit
-    X_fit: Any
-    y_fit: Any
-    X_test: Any
-    y_test: Any
-    X_train: Any
-    y_train: Any
-    X_inner: Any = None
-    y_inner: Any = None
-    best: float = -math.inf
-    bad_epochs: int = 0
-    stopped: bool = False
-    fit_time: float = 0.0
-    score_time: float = 0.0
-
-
-def _make_fold(spec: CVSpec, params: dict, train: np.ndarray, test: np.ndarray) -> _Fold:
-    from sklearn.base import clone, is_classifier
-    from sklearn.model_selection import train_test_split
-    from sklearn.pipeline import Pipeline
-
-    estimator = clone(spec.estimator).set_params(**params)
-    X_tr, y_tr = _index(spec.X, train), _index(spec.y, train)
-    X_te, y_te = _index(spec.X, test), _index(spec.y, test)
-    if isinstance(estimator, Pipeline):
-        head, final = estimator[:-1], estimator.steps[-1][1]
-        X_fit = head.fit_transform(X_tr, y_tr)  # fitted on the fold's training part only
-    else:
-        final, X_fit = estimator, X_tr
-    fold = _Fold(estimator, final, X_fit, y_tr, X_te, y_te, X_tr, y_tr)
-    if getattr(final, "early_stopping", False):
-        # Early stopping watches an inner split of the training part, never the fold's test part.
-        strat = y_tr if is_classifier(final) else None
-        fold.X_fit, fold.X_inner, fold.y_fit, fold.y_inner = train_test_split(
-            X_fit, y_tr, test_size=getattr(final, "validation_fraction", 0.1),
-            random_state=spec.random_state, stratify=strat)
-    return fold
-
-
-def _train_one_epoch(fold: _Fold, spec: CVSpec) -> None:
-    from sklearn.base import is_classifier
-
-    start = time.perf_counter()
-    if is_classifier(fold.final):
-        fold.final.partial_fit(fold.X_fit, fold.y_fit, classes=spec.classes)
-    else:
-        fold.final.partial_fit(fold.X_fit, fold.y_fit)
-    fold.fit_time += time.perf_counter() - start
-    if fold.X_inner is not None:
-        score = fold.final.score(fold.X_inner, fold.y_inner)
-        if score > fold.best:
-            fold.best, fold.bad_epochs = score, 0
-        else:
-            fold.bad_epochs += 1
-        if fold.bad_epochs >= getattr(fold.final, "n_iter_no_change", 3):
-            fold.stopped = True
-
-
-def _scores(fold: _Fold, spec: CVSpec, X: Any, y: Any) -> dict[str, float]:
-    out = {}
-    for name, scorer in spec.scorers.items():
-        try:
-            out[name] = float(scorer(fold.estimator, X, y))
-        except Exception:
-            if spec.error_score == "raise":
-                raise
-            out[name] = float(spec.error_score)
-    return out
-
-
-def _epoch_metrics(folds: list[_Fold], spec: CVSpec, epoch: int) -> dict[str, Any]:
-    metrics: dict[str, Any] = {"epoch": epoch}
-    per_split: dict[str, list[float]] = {}
-    for k, fold in enumerate(folds):
-        start = time.perf_counter()
-        test = _scores(fold, spec, fold.X_test, fold.y_test)
-        fold.score_time = time.perf_counter() - start
-        for name, value in test.items():
-            metrics[f"split{k}_test_{name}"] = value
-            per_split.setdefault(f"test_{name}", []).append(value)
-        if spec.return_train_score:
-            for name, value in _scores(fold, spec, fold.X_train, fold.y_train).items():
-                metrics[f"split{k}_train_{name}"] = value
-                per_split.setdefault(f"train_{name}", []).append(value)
-    for key, values in per_split.items():
-        metrics[f"mean_{key}"] = float(np.mean(values))
-        metrics[f"std_{key}"] = float(np.std(values))
-    for key in ("fit_time", "score_time"):
-        values = [getattr(f, key) for f in folds]
-        metrics[f"mean_{key}"], metrics[f"std_{key}"] = float(np.mean(values)), float(np.std(values))
-    return metrics
-
-
-def _failed_metrics(spec: CVSpec, epoch: int, error: BaseException) -> dict[str, Any]:
-    metrics: dict[str, Any] = {"epoch": epoch, "fit_failed": 1, "fit_error": f"{type(error).__name__}: {error}"}
-    kinds = ["test", "train"] if spec.return_train_score else ["test"]
-    for kind in kinds:
-        for name in spec.scorers:
-            for k in range(len(spec.splits)):
-                metrics[f"split{k}_{kind}_{name}"] = float(spec.error_score)
-            metrics[f"mean_{kind}_{name}"] = float(spec.error_score)
-            metrics[f"std_{kind}_{name}"] = float(spec.error_score) if math.isnan(float(spec.error_score)) else 0.0
-    for key in ("fit_time", "score_time"):
-        metrics[f"mean_{key}"], metrics[f"std_{key}"] = 0.0, 0.0
-    return metrics
-
-
-def _device_param(estimator: Any) -> str | None:
-    """The name of the final estimator's ``device`` parameter (``net__device`` in a Pipeline)."""
-    steps = getattr(estimator, "steps", None)
-    final, prefix = (steps[-1][1], f"{steps[-1][0]}__") if steps else (estimator, "")
-    return f"{prefix}device" if "device" in final.get_params(deep=False) else None
-
-
-def run_cv_trial(params: dict[str, Any], spec: CVSpec, reporter: Any, *, cpus: float = 1.0,
-                 gpu_share: float = 0.0) -> None:
-    """Train every fold of one candidate, one epoch at a time; report fold-mean scores per epoch."""
-    import torch
-
-    torch.set_num_threads(max(1, int(cpus)))
-    candidate = spec.candidates[params["__candidate__"]] if spec.candidates is not None else dict(params)
-    device = _device_param(spec.estimator)
-    if gpu_share > 0 and torch.cuda.is_available() and device and device not in candidate:
-        candidate = {**candidate, device: "cuda"}  # the trial's GPU share applies to its folds
-    epoch = 0
-    try:
-        folds = [_make_fold(spec, candidate, train, test) for train, test in spec.splits]
-        for epoch in range(1, spec.max_epochs + 1):
-            for fold in folds:
-                if not fold.stopped:
-                    _train_one_epoch(fold, spec)
-            reporter.report(_epoch_metrics(folds, spec, epoch), None)
-            if all(f.stopped for f in folds):
-                break
-    except Exception as exc:
-        if spec.error_score == "raise":
-            raise
-        reporter.report(_failed_metrics(spec, max(epoch, 1), exc), None)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -345,17 +175,19 @@ class TorchSearchCV:
         return next(iter(scorers))
 
     def _experiment(self, space: dict, search: str, metric: str, max_epochs: int, num_samples: int) -> Any:
-        from .config import (CheckpointConfig, ComponentConfig, DataConfig, ExperimentConfig, ResourcesConfig,
-                             SearchConfig, TrainConfig, _parse_scheduler)
+        """The search as an experiment: the searcher, scheduler and resources follow the
+        experiment-file rules; the model and data are the estimator's and ``fit``'s (CVSpec)."""
+        from .config import (CheckpointConfig, ComponentConfig, DataConfig, ExperimentConfig, Problems,
+                             ResourcesConfig, SearchConfig, TrainConfig, parse_scheduler)
 
-        problems: list[str] = []  # the scheduler and its options follow the experiment-file rules
-        scheduler = _parse_scheduler({"scheduler": self.scheduler}, max_epochs, problems)
+        problems = Problems()
+        scheduler = parse_scheduler(self.scheduler, problems, max_epochs=max_epochs)
         if problems:
-            raise ConfigError(problems)
+            raise ConfigError(list(problems))
         resources = dict(self.resources or {"cpu": 1, "gpu": 0})
         return ExperimentConfig(
             name=self.name or f"torchsearchcv-{time.strftime('%Y%m%d-%H%M%S')}",
-            model=ComponentConfig("sklearn"), data=DataConfig(dataset="digits"), seed=int(self.random_state or 0),
+            model=ComponentConfig("sklearn"), data=DataConfig(), seed=int(self.random_state or 0),
             storage=str(self.storage), train=TrainConfig(max_epochs=max_epochs), space=space,
             search=SearchConfig(algorithm=search, num_samples=num_samples, metric=metric, mode="max",
                                 max_concurrent=self.n_jobs if self.n_jobs and self.n_jobs > 0 else None),
@@ -364,14 +196,26 @@ class TorchSearchCV:
             checkpoint=CheckpointConfig(), max_failures=0, tensorboard=self.tensorboard,
         )
 
+    def _space(self, search: str, grid: bool) -> tuple[dict, list[dict] | None, list[dict] | None]:
+        """``(space, candidates, candidates the trials index)``: a grid's candidates in
+        scikit-learn's order; a list of grids becomes one index dimension."""
+        from sklearn.model_selection import ParameterGrid
+
+        if grid and search == "grid":
+            candidates = list(ParameterGrid(self.params))
+            if isinstance(self.params, Mapping):  # one grid: trials carry the parameters themselves
+                return {k: sp.Grid(list(v)) for k, v in self.params.items()}, candidates, None
+            return {"__candidate__": sp.Grid(list(range(len(candidates))))}, candidates, candidates
+        if not isinstance(self.params, Mapping):
+            raise ConfigError([f"params: search {search!r} needs one dict of parameter distributions"])
+        return params_to_space(self.params, search), None, None
+
     # -- fit ---------------------------------------------------------------------------------------
     def fit(self, X: Any, y: Any = None, groups: Any = None, **fit_params: Any) -> TorchSearchCV:
         """Run the search on Ray (a private local instance unless Ray is already running)."""
         from sklearn.base import clone, is_classifier
-        from sklearn.model_selection import ParameterGrid, check_cv
+        from sklearn.model_selection import check_cv
         from sklearn.utils import indexable
-
-        from . import _ray
 
         X, y, groups = indexable(X, y, groups)
         final = self.estimator.steps[-1][1] if hasattr(self.estimator, "steps") else self.estimator
@@ -384,23 +228,14 @@ class TorchSearchCV:
         splits = list(cv.split(X, y, groups))
         grid = _is_grid(self.params)
         search = self.search or ("grid" if grid else "random")
-        candidates = candidates_for_trials = None
-        if grid and search == "grid":
-            candidates = list(ParameterGrid(self.params))
-            if isinstance(self.params, Mapping):  # one grid: trials carry the parameters themselves
-                space = {k: sp.Grid(list(v)) for k, v in self.params.items()}
-            else:  # a list of grids: trials carry an index into the candidates
-                space = {"__candidate__": sp.Grid(list(range(len(candidates))))}
-                candidates_for_trials = candidates
-        else:
-            if not isinstance(self.params, Mapping):
-                raise ConfigError([f"params: search {search!r} needs one dict of parameter distributions"])
-            space = params_to_space(self.params, search)
-            candidates_for_trials = None
+        space, candidates, candidates_for_trials = self._space(search, grid)
         max_epochs = int(self.max_epochs or getattr(final, "max_epochs", 10))
         num_samples = 1 if search == "grid" else int(self.n_iter)
         metric = f"mean_test_{refit_metric}"
         config = self._experiment(space, search, metric, max_epochs, num_samples)
+        if _is_uri(config.storage):
+            raise ValueError(f"storage={self.storage!r}: TorchSearchCV keeps its run directory on a path (local or "
+                             f"shared); object-store URIs are for experiment files (raytune_torch.run)")
         classes = np.unique(np.asarray(y)) if is_classifier(self.estimator) else None
         spec = CVSpec(X=X, y=y, splits=splits, estimator=clone(self.estimator), scorers=scorers,
                       max_epochs=max_epochs, error_score=self.error_score,
@@ -408,40 +243,48 @@ class TorchSearchCV:
                       classes=classes, random_state=int(self.random_state or 0))
         kinds = ["test", "train"] if self.return_train_score else ["test"]
         metric_names = tuple(f"{stat}_{kind}_{name}" for kind in kinds for name in scorers for stat in ("mean", "std"))
-        from .storage import is_uri
-
-        if is_uri(config.storage):
-            raise ValueError(f"storage={self.storage!r}: TorchSearchCV keeps its run directory on a path (local or "
-                             f"shared); object-store URIs are for experiment files (raytune_torch.run)")
         storage = os.path.abspath(config.storage)
-        owned = _ray.start_local()
-        try:
-            _ray.check_resources(config.resources.cpu, config.resources.gpu)
-            plan = _ray.build_search(config)
-            callbacks = [_ray.ConsoleCallback(metric, plan.total)] if self.verbose else []
-            shared, _ = _ray.share(spec)
-            del spec
-            result_grid = _ray.run_tuner(config, shared, run_dir_parent=storage, callbacks=callbacks, kind="cv",
-                                         metric_names=metric_names, plan=plan)
-        finally:
-            if owned:
-                _ray.shutdown()
+        result_grid = self._tune(config, spec, storage, metric_names)
         self.run_dir_ = os.path.join(storage, config.name)
         self._collect(result_grid, candidates, scorers, len(splits), metric_names)
         self.multimetric_ = multimetric
         self.scorer_ = scorers if multimetric else scorers["score"]
         self.n_splits_ = len(splits)
         if self.refit is not False:
-            self.best_index_ = int(self.refit(self.cv_results_)) if callable(self.refit) else \
-                int(np.asarray(self.cv_results_[f"rank_test_{refit_metric}"]).argmin())
-            self.best_params_ = self.cv_results_["params"][self.best_index_]
-            if not callable(self.refit):
-                self.best_score_ = float(self.cv_results_[f"mean_test_{refit_metric}"][self.best_index_])
-            start = time.perf_counter()
-            self.best_estimator_ = clone(self.estimator).set_params(**clone(self.best_params_, safe=False))
-            self.best_estimator_.fit(X, y, **fit_params)
-            self.refit_time_ = time.perf_counter() - start
+            self._refit(X, y, refit_metric, fit_params)
         return self
+
+    def _tune(self, config: Any, spec: CVSpec, storage: str, metric_names: tuple[str, ...]) -> Any:
+        """One trial per candidate on Ray, each running :func:`run_cv_trial`."""
+        import functools
+
+        from . import _ray
+
+        trial_fn = functools.partial(run_cv_trial, cpus=config.resources.cpu, gpu_share=config.resources.gpu)
+        owned = _ray.start_local()
+        try:
+            _ray.check_resources(config.resources.cpu, config.resources.gpu)
+            plan = _ray.build_search(config)
+            callbacks = [_ray.ConsoleCallback(config.search.metric, plan.total)] if self.verbose else []
+            shared, _ = _ray.share(spec)
+            return _ray.run_tuner(config, shared, trial_fn, run_dir_parent=storage, callbacks=callbacks,
+                                  metric_names=metric_names, plan=plan)
+        finally:
+            if owned:
+                _ray.shutdown()
+
+    def _refit(self, X: Any, y: Any, refit_metric: str, fit_params: dict) -> None:
+        from sklearn.base import clone
+
+        self.best_index_ = int(self.refit(self.cv_results_)) if callable(self.refit) else \
+            int(np.asarray(self.cv_results_[f"rank_test_{refit_metric}"]).argmin())
+        self.best_params_ = self.cv_results_["params"][self.best_index_]
+        if not callable(self.refit):
+            self.best_score_ = float(self.cv_results_[f"mean_test_{refit_metric}"][self.best_index_])
+        start = time.perf_counter()
+        self.best_estimator_ = clone(self.estimator).set_params(**clone(self.best_params_, safe=False))
+        self.best_estimator_.fit(X, y, **fit_params)
+        self.refit_time_ = time.perf_counter() - start
 
     def _collect(self, result_grid: Any, candidates: list[dict] | None, scorers: dict, n_splits: int,
                  metric_names: tuple[str, ...]) -> None:
@@ -503,7 +346,9 @@ class TorchSearchCV:
                           f"error_score={self.error_score!r}", FitFailedWarning, stacklevel=3)
         self.cv_results_ = results
         self.trial_epochs_ = np.array([int((r.metrics or {}).get("epoch", 0)) for r, _ in trials])
-        _write_cv_table(trials, metric_names, self.run_dir_)
+        from .results import write_trial_table
+
+        write_trial_table(trials, metric_names, self.run_dir_)
 
     # -- delegation to the best estimator ----------------------------------------------------------
     def _best(self) -> Any:
@@ -536,23 +381,7 @@ def _metric(result: Any, key: str, error_score: Any) -> float:
     return float(value)
 
 
-def _write_cv_table(trials: list, metric_names: tuple[str, ...], run_dir: str) -> None:
-    """``results.parquet`` of a TorchSearchCV run: every trial and epoch from its history file."""
-    import json
+def _is_uri(location: str) -> bool:
+    from .storage import is_uri
 
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from .results import _column, _error_text, _trial_rows
-
-    rows = []
-    for result, params in trials:
-        base = {"trial_id": os.path.basename(result.path).removeprefix("trial_"), "error": _error_text(result.error)}
-        config = {f"config/{k}": v if isinstance(v, (int, float, str, bool)) else json.dumps(v, default=str)
-                  for k, v in params.items()}
-        rows.extend({**base, **row, **config} for row in _trial_rows(f"{result.path.rstrip('/')}/history.jsonl", metric_names))
-    if rows:
-        columns = ["trial_id", "epoch", *metric_names, "error",
-                   *sorted({k for r in rows for k in r if k.startswith("config/")})]
-        pq.write_table(pa.table({c: _column([r.get(c) for r in rows]) for c in columns}),
-                       os.path.join(run_dir, "results.parquet"))
+    return is_uri(location)

@@ -1,7 +1,7 @@
 """One trial: build, restore, train epoch by epoch, report, checkpoint.
 
 The trial talks to a small :class:`Reporter` protocol instead of Ray, so it runs (and is tested)
-without Ray; ``_ray.RayReporter`` is the Ray implementation.
+without Ray; ``_ray.trial.RayReporter`` is the Ray implementation.
 
 Bring your own code at two depths:
 
@@ -35,7 +35,7 @@ from . import components as comp
 from .data import Splits, as_tensors, iterate_batches
 from .loop import StepContext, default_step, evaluate, train_epoch
 
-__all__ = ["Reporter", "Trial", "run_trial", "derive_seed", "build_components", "preflight", "model_size"]
+__all__ = ["Reporter", "Trial", "run_trial", "experiment_trial", "derive_seed", "build_components", "preflight", "model_size"]
 
 
 class Reporter(Protocol):
@@ -44,12 +44,17 @@ class Reporter(Protocol):
     trial_id: str
     trial_index: int
 
+    #: set by :meth:`checkpoint_dir` when the checkpoint it gives is newer than the reporter's
+    #: own records: the epochs after this one are reported again after the restore
+    replay_after: int | None
+
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
         """Hand over one epoch's metrics, and the checkpoint saved with them (a directory the
         reporter copies, unless it is the one ``checkpoint_place`` gave)."""
 
-    # Optional: ``checkpoint_place() -> str | None``, an empty directory on the reporter's storage
-    # to save the next checkpoint into, so that ``report`` need not copy it.
+    def checkpoint_place(self) -> str | None:
+        """An empty directory on the reporter's storage to save the next checkpoint into, so that
+        ``report`` need not copy it; None to save into a temporary directory."""
 
     def checkpoint_dir(self) -> contextlib.AbstractContextManager[str | None]:
         """A local directory holding the checkpoint to resume from (None to start fresh)."""
@@ -183,7 +188,7 @@ class Trial:
         ckpt.restore_rng(state["rng"], self.shuffle)
         # Restored from a checkpoint newer than the one the reporter was handed (its records lag):
         # report the epochs it has not seen again, so no epoch is missing from the results.
-        replay_after = getattr(self.reporter, "replay_after", None)
+        replay_after = self.reporter.replay_after
         if replay_after is not None:
             for row in self.history:
                 if row["epoch"] > replay_after:
@@ -274,8 +279,7 @@ class Trial:
     def _report_checkpoint(self, metrics: dict[str, Any]) -> None:
         """Save the full state and report it with ``metrics``: straight into the reporter's
         storage when it offers a place there, else through a temporary directory it copies."""
-        place = getattr(self.reporter, "checkpoint_place", None)
-        directory = place() if place is not None else None
+        directory = self.reporter.checkpoint_place()
         if directory is not None:
             try:
                 ckpt.save_state(directory, self.state())
@@ -319,12 +323,21 @@ def run_trial(params: dict[str, Any], config: Any, data: Splits, reporter: Repor
     return trial
 
 
+def experiment_trial(config: Any, params: dict[str, Any], data: Splits, reporter: Reporter) -> None:
+    """One trial of an experiment, with the experiment's per-trial resources."""
+    run_trial(params, config, data, reporter, cpus=config.resources.cpu, gpu_share=config.resources.gpu)
+
+
 class _NullReporter:
     trial_id = "preflight"
     trial_index = 0
+    replay_after = None
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
         pass
+
+    def checkpoint_place(self) -> None:
+        return None
 
     @contextlib.contextmanager
     def checkpoint_dir(self):
@@ -352,7 +365,9 @@ def _optimizer_without_compiler() -> Iterator[None]:
     import sys
 
     patched = []
-    if "torch._dynamo" not in sys.modules:
+    chosen = os.environ.get("RAYTUNE_TORCH_RAY_INTERNALS", "on").lower()
+    wanted = chosen in ("", "on", "all") or "optimizer_no_compiler" in chosen.split(",")
+    if wanted and "torch._dynamo" not in sys.modules:
         for name in _DYNAMO_DISABLED_OPTIMIZER_METHODS:
             fn = getattr(getattr(torch.optim.Optimizer, name, None), "__wrapped__", None)
             if callable(fn) and not hasattr(fn, "__dynamo_disable"):

@@ -144,6 +144,13 @@ def _run_on_ray(config: ExperimentConfig, shared: Any, data: Splits, plan: Any, 
         plan = _ray.build_search(config, lambda point: model_size(config, point, data))
     storage = st.absolute(config.storage)
     run_dir = st.join(storage, config.name)
+    fresh = not st.exists(run_dir)
+    try:
+        _check_cluster(config, run_dir, quiet)
+    except BaseException:
+        if fresh:  # a refused run leaves nothing behind
+            _remove(run_dir)
+        raise
     local_dir = _local_dir(run_dir, fresh=True)
     saved = _serializable(config_to_dict(config))
     saved["storage"] = storage
@@ -157,11 +164,27 @@ def _run_on_ray(config: ExperimentConfig, shared: Any, data: Splits, plan: Any, 
     def tune() -> Any:
         console = [] if quiet else [_ray.ConsoleCallback(config.search.metric, plan.total,
                                                             max_epochs=config.train.max_epochs)]
-        return _ray.run_tuner(config, shared, run_dir_parent=storage, callbacks=[*console, *(callbacks or [])],
-                              plan=plan, staging=_staging(run_dir, local_dir))
+        return _ray.run_tuner(config, shared, _trial_function(config), run_dir_parent=storage,
+                              callbacks=[*console, *(callbacks or [])], plan=plan,
+                              staging=_staging(run_dir, local_dir))
 
-    _tune_on_ray(config, data, run_dir, quiet, tune, local_dir=local_dir)
+    _tune_on_ray(config, data, run_dir, tune, local_dir=local_dir)
     return run_dir
+
+
+def _trial_function(config: ExperimentConfig) -> Any:
+    """What each trial runs: ``fn(params, data, reporter)``."""
+    import functools
+
+    from .trainable import experiment_trial
+
+    return functools.partial(experiment_trial, config)
+
+
+def _remove(run_dir: str) -> None:
+    with contextlib.suppress(Exception):
+        fs, root = st.filesystem(run_dir)
+        fs.delete_dir(root)
 
 
 def _local_dir(run_dir: str, fresh: bool) -> str:
@@ -202,13 +225,10 @@ def _on_ray(config: ExperimentConfig, address: str | None, token_file: str | Non
             _ray.shutdown()
 
 
-def _tune_on_ray(config: ExperimentConfig, data: Splits, run_dir: str, quiet: bool, tune: Any,
-                 local_dir: str | None = None) -> None:
-    """On Ray: check resources and storage, tune, write the results."""
+def _check_cluster(config: ExperimentConfig, run_dir: str, quiet: bool) -> None:
+    """Before anything is written: one trial fits a node, and every node sees the storage."""
     from . import _ray
-    from .results import write_results
 
-    local_dir = local_dir or run_dir
     cluster = _ray.check_resources(config.resources.cpu, config.resources.gpu)
     _echo(f"raytune-torch: Ray with {cluster['cpus']:g} CPU(s), {cluster['gpus']:g} GPU(s) on "
           f"{cluster['nodes']} node(s); each trial {{cpu: {config.resources.cpu:g}, gpu: {config.resources.gpu:g}}}",
@@ -216,6 +236,13 @@ def _tune_on_ray(config: ExperimentConfig, data: Splits, run_dir: str, quiet: bo
     if st.is_uri(run_dir) or cluster["nodes"] > 1:
         probed = _ray.check_storage(run_dir)
         _echo(f"raytune-torch: storage {st.display(run_dir)} written and read from {probed} node(s)", quiet)
+
+
+def _tune_on_ray(config: ExperimentConfig, data: Splits, run_dir: str, tune: Any, local_dir: str | None = None) -> None:
+    """Tune, then write the results."""
+    from .results import write_results
+
+    local_dir = local_dir or run_dir
     grid = tune()
     write_results(run_dir, config, data, grid, local_dir=local_dir)
     if st.is_uri(run_dir):  # the rest was uploaded as it changed (HistoryCallback)
@@ -258,6 +285,7 @@ def resume(run_dir: str | os.PathLike, *, address: str | None = None, quiet: boo
     config = _config(saved)
     with _on_ray(config, address, token_file, None) as (shared, data):
         _echo(f"raytune-torch: resuming {config.name} from {shown}", quiet)
-        _tune_on_ray(config, data, run_dir, quiet, lambda: _ray.restore_tuner(run_dir, config, shared),
-                     local_dir=local_dir)
+        _check_cluster(config, run_dir, quiet)
+        _tune_on_ray(config, data, run_dir,
+                     lambda: _ray.restore_tuner(run_dir, config, shared, _trial_function(config)), local_dir=local_dir)
     return _finished(run_dir, started, quiet)

@@ -142,10 +142,10 @@ def test_local_instance_requires_the_token():
 
     gcs = ray.get_runtime_context().gcs_address
     with pytest.raises(ClusterError, match="requires token authentication and no token was found"):
-        _ray._probe_gcs(gcs, Token())
+        _ray.cluster._probe_gcs(gcs, Token())
     with pytest.raises(ClusterError, match="refused the token"):
-        _ray._probe_gcs(gcs, Token("0" * 32, "a wrong token"))
-    _ray._probe_gcs(gcs, find_token())
+        _ray.cluster._probe_gcs(gcs, Token("0" * 32, "a wrong token"))
+    _ray.cluster._probe_gcs(gcs, find_token())
 
 
 @pytest.mark.usefixtures("ray_session")

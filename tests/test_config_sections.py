@@ -23,7 +23,6 @@ from raytune_torch.config import (
     SchedulerConfig,
     SearchConfig,
     TrainConfig,
-    _parse_scheduler,
     check_param_names,
     load_config,
     parse_scheduler,
@@ -218,9 +217,6 @@ def test_parse_scheduler_checks_the_grace_period():
     assert list(problems) == []
     parse_scheduler({"name": "asha", "grace_period": 4}, problems, max_epochs=3)
     assert list(problems) == ["scheduler.grace_period: 4 is more than train.max_epochs (3); lower it or train longer"]
-    old: list[str] = []  # the old private signature, until search_cv moves over
-    assert _parse_scheduler({"scheduler": {"name": "asha", "grace_period": 4}}, 3, old).name == "asha"
-    assert old == list(problems)
 
 
 # --- the rules between sections, each on a config that breaks only it -------------------------------

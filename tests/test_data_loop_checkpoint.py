@@ -638,7 +638,7 @@ def test_pruning_during_a_run_warns_instead_of_failing(tmp_path, caplog):
     results step; the run is not stopped."""
     import logging
 
-    from raytune_torch._ray import _prune_or_warn
+    from raytune_torch._ray.callbacks import _prune_or_warn
 
     missing = tmp_path / "trial_x" / "checkpoint_000003"  # its folder is gone: the marker cannot be written
     with caplog.at_level(logging.WARNING, logger="raytune_torch"):

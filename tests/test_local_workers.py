@@ -45,8 +45,8 @@ SCRIPT = textwrap.dedent("""
         started_with.update(workers())
         logs.append(ray._private.worker._global_node.get_logs_dir_path())
         # Each says when it has imported torch and the trial code; the Tuner waits for all.
-        ready.append(_ray._workers_ready.wait(timeout_s=60))
-        ready.extend(_ray._workers_ready.ready())
+        ready.append(_ray.local._workers_ready.wait(timeout_s=60))
+        ready.extend(_ray.local._workers_ready.ready())
         torch_loaded.extend(any("libtorch" in (m.path or "") for m in psutil.Process(pid).memory_maps())
                             for pid in started_with)
         # A large dataset keeps the driver busy after the workers are up: they sit idle for
@@ -110,9 +110,9 @@ def test_no_gpu_driver_means_no_torch_import_before_ray_starts():
     torch first (2 s on the critical path; the data loader imports it in its own thread)."""
     from raytune_torch import _ray
 
-    if any(os.path.exists(p) for p in _ray._GPU_DEVICE_NODES):
+    if any(os.path.exists(p) for p in _ray.local._GPU_DEVICE_NODES):
         pytest.skip("this machine has a GPU driver: torch is asked how many GPUs it can use")
-    code = "import sys; from raytune_torch import _ray; print(_ray._cuda_count(), 'torch' in sys.modules)"
+    code = "import sys; from raytune_torch import _ray; print(_ray.local._cuda_count(), 'torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["0", "False"]

@@ -17,7 +17,7 @@ from sklearn.preprocessing import StandardScaler
 
 import raytune_torch as rt
 from examples.models import MLP
-from raytune_torch.search_cv import CVSpec, _make_fold
+from raytune_torch.cv_trial import CVSpec, _make_fold
 from tests.helpers_steps import RecordingScaler  # importable by Ray's workers
 
 pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("ray_session")]
@@ -210,7 +210,7 @@ def test_best_estimator_refit_on_all_data_and_pickles(digits, tmp_path):
 
 
 def test_the_device_parameter_a_gpu_share_sets():
-    from raytune_torch.search_cv import _device_param
+    from raytune_torch.cv_trial import _device_param
 
     assert _device_param(_pipe()) == "net__device"
     assert _device_param(_net()) == "device"

@@ -50,6 +50,10 @@ class FakeReporter:
         self.metrics: list[dict] = []
         self.given: list[str | None] = []
         self.checkpoints: dict[int, Path] = {}
+        self.replay_after = None
+
+    def checkpoint_place(self):
+        return None
 
     def report(self, metrics, checkpoint_dir):
         self.metrics.append(dict(metrics))

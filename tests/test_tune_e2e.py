@@ -152,7 +152,7 @@ def test_fifo_grid_runs_its_largest_models_first(experiment):
 
 
 def test_largest_first_is_a_stable_sort_by_model_size():
-    from raytune_torch._ray import _largest_first
+    from raytune_torch._ray.search import _largest_first
 
     points = [{"optimizer__lr": lr, "module__hidden": h} for h in (8, 32, 16) for lr in (1, 2)]
     sizes = []
@@ -370,3 +370,44 @@ def test_bad_input_fails_before_any_trial(experiment, change, message):
     with pytest.raises(rt.PreflightError) as info:
         rt.run(experiment, quiet=True)
     assert message in str(info.value)
+
+
+_PIDS: dict[str, set] = {}
+
+
+class _Pids(tune.Callback):
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        _PIDS.setdefault(trial.trial_id, set()).add(result["pid"])
+
+
+def test_reused_workers_keep_each_trials_results_checkpoints_and_seeds_its_own(experiment):
+    """More trials than workers under FIFO (six trials, two CPUs): trials share worker processes
+    (Tune's actor reuse), yet each trial's rows, checkpoints and seed are its own."""
+    from raytune_torch.trainable import derive_seed
+
+    lrs = [0.001, 0.002, 0.004, 0.008, 0.016, 0.032]
+    experiment["space"] = {"optimizer__lr": {"type": "grid", "values": lrs}}
+    experiment["train"]["max_epochs"] = 3
+    experiment["checkpoint"] = {"keep": 3}  # every epoch's checkpoint stays, to compare with the rows
+    _PIDS.clear()
+    result = rt.run(experiment, quiet=True, callbacks=[_Pids()])
+    table = result.table
+    assert table["trial_id"].nunique() == 6
+    assert sorted(table.groupby("trial_id")["config/optimizer__lr"].first()) == lrs
+    assert len(set().union(*_PIDS.values())) <= 2  # six trials went through at most two processes
+    assert all(len(pids) == 1 for pids in _PIDS.values())
+    for trial_id, rows in table.groupby("trial_id"):
+        params = {"optimizer__lr": float(rows["config/optimizer__lr"].iloc[0])}
+        seed = derive_seed(0, int(trial_id.rsplit("_", 1)[-1]), params)
+        assert rows["epoch"].tolist() == [1, 2, 3]
+        assert set(rows["trial_seed"]) == {seed}
+        checkpoints = sorted(Path(result.run_dir, f"trial_{trial_id}").glob("checkpoint_*"))
+        assert len(checkpoints) == 3
+        for folder in checkpoints:
+            state = ckpt.load_state(folder)
+            assert state["params"] == params and state["trial_seed"] == seed
+            epochs = [h["epoch"] for h in state["history"]]
+            assert epochs == list(range(1, state["epoch"] + 1))
+            for h in state["history"]:
+                row = rows[rows["epoch"] == h["epoch"]].iloc[0]
+                assert h["val_loss"] == pytest.approx(row["val_loss"], rel=1e-12)

@@ -19,7 +19,6 @@ from .params import PLAIN_PARAMS, PREFIXES, check_param_names
 from .resources import ResourcesConfig
 from .rules import RULES
 from .scheduler import SCHEDULERS, SchedulerConfig, check_grace_period, parse_scheduler
-from .scheduler import _parse_scheduler  # noqa: F401  (search_cv's old import, until it calls parse_scheduler)
 from .search import SearchConfig
 from .train import HIGHER_IS_BETTER, METRICS, TASKS, EarlyStoppingConfig, TrainConfig
 

@@ -75,11 +75,3 @@ def parse_scheduler(raw: Any, problems: Problems, *, max_epochs: int) -> Schedul
     scheduler = SchedulerConfig.from_dict(raw, problems)
     problems.extend(check_grace_period(scheduler, max_epochs))
     return scheduler
-
-
-def _parse_scheduler(raw: Mapping, max_epochs: int, problems: list[str]) -> SchedulerConfig:
-    """The old private signature, kept until ``search_cv`` calls :func:`parse_scheduler`."""
-    found = Problems()
-    scheduler = parse_scheduler(raw.get("scheduler"), found, max_epochs=max_epochs)
-    problems.extend(found)
-    return scheduler

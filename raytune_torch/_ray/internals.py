@@ -1,0 +1,455 @@
+"""Every use of Ray's private internals, in one guarded module.
+
+Each use is a :class:`Tweak`: it names the Ray versions it was verified on and the private
+attributes it touches, and before it applies it checks both. When either differs it logs one line
+and Ray's stock behaviour stays (slower, still correct). Tweaks are applied only for the private
+local instance this library starts (:func:`~raytune_torch._ray.local.start_local`) or, for
+``loopback``, a cluster joined on 127.0.0.1; replaced methods act only for this library's own
+trainables; nothing happens at import time, and :func:`undo_all` (called by ``shutdown``) restores
+every attribute, so a later ``connect`` in the same process meets stock Ray.
+
+``RAYTUNE_TORCH_RAY_INTERNALS=off`` turns off every tweak that only buys speed (``loopback``, a
+security setting, stays); a comma-separated list of names keeps only those. docs/design.md lists
+each use, why it exists, and what it measured.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import ray
+
+log = logging.getLogger("raytune_torch")
+
+ENV = "RAYTUNE_TORCH_RAY_INTERNALS"
+
+
+def ray_version() -> tuple[int, int]:
+    major, minor = (ray.__version__.split(".") + ["0"])[:2]
+    return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
+
+
+_MISSING = object()
+
+
+def _resolve(module: str, path: str) -> Any:
+    """``module``'s attribute at dotted ``path``, or ``_MISSING`` when any part is missing."""
+    try:
+        obj: Any = importlib.import_module(module)
+    except ImportError:
+        return _MISSING
+    for part in path.split("."):
+        obj = getattr(obj, part, _MISSING)
+        if obj is _MISSING:
+            return _MISSING
+    return obj
+
+
+class Tweak:
+    """One use of a private Ray attribute; subclasses set the class attributes and
+    :meth:`_apply`/:meth:`_undo`."""
+
+    name = ""
+    #: the Ray versions (major, minor), inclusive, this was verified on
+    verified: tuple[tuple[int, int], tuple[int, int]] = ((2, 60), (2, 60))
+    #: (module, dotted attribute) pairs that must exist
+    touches: tuple[tuple[str, str], ...] = ()
+    #: buys speed only (``RAYTUNE_TORCH_RAY_INTERNALS`` can turn it off)
+    optional = True
+
+    def __init__(self) -> None:
+        self.applied = False
+        self._saved: list[tuple[Any, str, Any]] = []
+        self._refused = False
+
+    def problem(self) -> str | None:
+        low, high = self.verified
+        if not low <= ray_version() <= high:
+            return (f"verified on Ray {low[0]}.{low[1]}-{high[0]}.{high[1]}, this is Ray {ray.__version__}")
+        missing = [f"{m}.{p}" for m, p in self.touches if _resolve(m, p) is _MISSING]
+        if missing:
+            return f"Ray {ray.__version__} has no {', '.join(missing)}"
+        return None
+
+    def wanted(self) -> bool:
+        chosen = os.environ.get(ENV, "on").strip().lower()
+        if not self.optional or chosen in ("", "on", "all"):
+            return True
+        if chosen in ("off", "none", "0"):
+            return False
+        return self.name in {c.strip() for c in chosen.split(",")}
+
+    def apply(self) -> bool:
+        """Apply unless already applied, unwanted or unverified (one log line); True if in effect."""
+        if self.applied:
+            return True
+        if not self.wanted():
+            return False
+        problem = self.problem()
+        if problem is not None:
+            if not self._refused:
+                log.info("raytune-torch: %s left to Ray's stock behaviour (%s)", self.name, problem)
+                self._refused = True
+            return False
+        self._apply()
+        self.applied = True
+        return True
+
+    def undo(self) -> None:
+        for owner, attr, value in reversed(self._saved):
+            setattr(owner, attr, value)
+        self._saved.clear()
+        self._undo()
+        self.applied = False
+
+    def _set(self, owner: Any, attr: str, value: Any) -> None:
+        self._saved.append((owner, attr, getattr(owner, attr)))
+        setattr(owner, attr, value)
+
+    def _apply(self) -> None:
+        raise NotImplementedError
+
+    def _undo(self) -> None:
+        pass
+
+
+# ------------------------------------------------------------------------------------------------
+# Security: a private instance (and a driver joining a cluster on 127.0.0.1) stays on loopback.
+
+
+class Loopback(Tweak):
+    """Ray binds GCS, raylets and workers to the machine's network address by default, and its
+    documented ways to choose the address (``_node_ip_address``, ``--node-ip-address``) are
+    rewritten to that address. Ray's own switch for a laptop is ``ENABLE_RAY_CLUSTER``, read when
+    nodes start in this process; its variable reaches the processes they start."""
+
+    name = "loopback"
+    optional = False
+    verified = ((2, 60), (2, 60))
+    touches = (("ray._private.ray_constants", "ENABLE_RAY_CLUSTER"),
+               ("ray._private.ray_constants", "ENABLE_RAY_CLUSTERS_ENV_VAR"))
+    _VAR = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+    def _apply(self) -> None:
+        from ray._private import ray_constants
+
+        self._env = os.environ.get(self._VAR)
+        os.environ[self._VAR] = "0"
+        self._set(ray_constants, "ENABLE_RAY_CLUSTER", False)
+
+    def _undo(self) -> None:
+        if self._env is None:
+            os.environ.pop(self._VAR, None)
+        else:
+            os.environ[self._VAR] = self._env
+
+
+class QuietDefaultTokenAuth(Tweak):
+    """Ray turns token authentication on for a new local instance and logs how to turn it off,
+    on every run; for the private instance that is this library's secure default, not news. Only
+    that one message is dropped while the instance starts (its logger is found by name)."""
+
+    name = "quiet_token_auth"
+    optional = False
+    verified = ((2, 60), (2, 60))
+    touches = (("ray._private.authentication.authentication_token_setup", "logger"),)
+    _PREFIX = "Token authentication is enabled for this Ray cluster."
+
+    def _apply(self) -> None:
+        prefix = self._PREFIX
+
+        class _Drop(logging.Filter):
+            def filter(self, record: logging.LogRecord) -> bool:
+                return not record.getMessage().startswith(prefix)
+
+        self._logger = logging.getLogger("ray._private.authentication.authentication_token_setup")
+        self._filter = _Drop()
+        self._logger.addFilter(self._filter)
+
+    def _undo(self) -> None:
+        self._logger.removeFilter(self._filter)
+
+
+# ------------------------------------------------------------------------------------------------
+# Start-up of the private local instance
+
+
+class NoIdleDaemons(Tweak):
+    """No API server, autoscaler monitor or log monitor on the private instance: nothing uses
+    them there (no dashboard, one node, ``log_to_driver=False``), ``ray.init`` waits for the API
+    server before it starts the raylet, and each imports Ray while the workers import torch.
+    ``ray.init`` has no switch for them; ``RayParams`` has. Applied while ``ray.init`` runs."""
+
+    name = "no_idle_daemons"
+    touches = (("ray._private.parameter", "RayParams"), ("ray._private.node", "Node.start_api_server"))
+
+    def _apply(self) -> None:
+        from ray._private import node, parameter
+
+        base = parameter.RayParams
+
+        class _LocalParams(base):  # type: ignore[misc, valid-type]
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                super().__init__(*args, **kwargs)
+                self.no_monitor = True
+                self.include_log_monitor = False
+
+        self._set(parameter, "RayParams", _LocalParams)
+        self._set(node.Node, "start_api_server", lambda self, **kwargs: None)
+
+
+class PreloadedWorkers(Tweak):
+    """The private instance's workers start with the raylet, import torch and the trial code as
+    they start (``raytune_torch._preload``), and are not killed while idle for a minute (Tune's
+    placement groups reserve every CPU a moment before its trial actors ask for workers). Ray's
+    ``_system_config`` keys; an unknown key stops the raylet, hence the version check."""
+
+    name = "preloaded_workers"
+    touches = (("ray", "init"),)
+
+    def system_config(self) -> dict[str, Any]:
+        if not self.apply():
+            return {}
+        return {
+            "preload_python_modules": ["raytune_torch._preload"],
+            "idle_worker_killing_time_threshold_ms": 60_000,
+            "enable_worker_prestart": True,
+            # The raylet retries its connection to the object store every 100 ms (Ray: 1 s).
+            "raylet_client_connect_timeout_milliseconds": 100,
+            "raylet_client_num_connect_attempts": 100,
+            "enable_metrics_collection": False,
+        }
+
+    def _apply(self) -> None:
+        pass
+
+
+class LocalActorEnv(Tweak):
+    """Trial actors in the workers the private instance started. Tune gives every trial actor a
+    runtime environment of a few variables; Ray hands an actor only a worker started with the
+    same environment, so none of the preloaded workers could take a trial and each waited for a
+    new process. On the private instance those variables are the instance's own (set before it
+    starts), and this library's trainables are registered without a runtime environment."""
+
+    name = "local_actor_env"
+    touches = (("ray.tune.execution.class_cache", "_ActorClassCache.get"),
+               ("ray.tune.execution.class_cache", "DEFAULT_ENV_VARS"))
+
+    def _apply(self) -> None:
+        from ray.tune.execution import class_cache
+
+        stock = class_cache._ActorClassCache.get
+        self._env = {k: os.environ.get(k) for k in class_cache.DEFAULT_ENV_VARS}
+        for key, value in class_cache.DEFAULT_ENV_VARS.items():
+            os.environ.setdefault(key, value)
+
+        def get(cache: Any, trainable_cls: Any) -> Any:
+            if getattr(trainable_cls, "_name", None) not in OWN_TRAINABLES:
+                return stock(cache, trainable_cls)
+            if trainable_cls not in cache._cache:
+                cache._cache[trainable_cls] = ray.remote(trainable_cls)
+            return cache._cache[trainable_cls]
+
+        self._set(class_cache._ActorClassCache, "get", get)
+
+    def _undo(self) -> None:
+        for key, value in self._env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+# ------------------------------------------------------------------------------------------------
+# Per epoch
+
+
+#: the ``__name__`` of this library's trial functions (see trial.trainable)
+OWN_TRAINABLES: set[str] = set()
+
+
+class CheckpointFromResult(Tweak):
+    """A checkpoint reported with a result is registered by the driver from that result, instead
+    of Tune asking the trial actor's ``save`` for the same checkpoint again (a round trip the
+    trial waits for before its next epoch). Saves Tune asks for itself (pause, PBT) keep it."""
+
+    name = "checkpoint_from_result"
+    touches = (("ray.tune.execution.tune_controller", "TuneController._checkpoint_trial_if_needed"),
+               ("ray.tune.execution.tune_controller", "TuneController._process_trial_save"),
+               ("ray.train._internal.session", "_TrainingResult"))
+
+    def _apply(self) -> None:
+        from pathlib import PurePosixPath
+
+        from ray import tune
+        from ray.train._internal.session import _TrainingResult
+        from ray.tune.execution import tune_controller
+
+        stock = tune_controller.TuneController._checkpoint_trial_if_needed
+
+        def checkpoint_if_needed(controller: Any, trial: Any, force: bool = False) -> None:
+            name = (trial.last_result or {}).get("checkpoint_dir_name")
+            if not (force and name and trial.trainable_name in OWN_TRAINABLES and trial.storage is not None
+                    and trial.temporary_state.ray_actor and not trial.is_saving):
+                stock(controller, trial, force=force)
+                return
+            path = PurePosixPath(trial.storage.trial_fs_path, name).as_posix()
+            checkpoint = tune.Checkpoint(path, filesystem=trial.storage.storage_filesystem)
+            controller._process_trial_save(trial, _TrainingResult(checkpoint=checkpoint,
+                                                                  metrics=dict(trial.last_result)))
+            controller._callbacks.on_trial_save(iteration=controller._iteration, trials=controller._trials,
+                                                trial=trial)
+
+        self._set(tune_controller.TuneController, "_checkpoint_trial_if_needed", checkpoint_if_needed)
+
+
+class CheckpointInPlace(Tweak):
+    """In a trial: a checkpoint is written straight into the folder on a local (or mounted)
+    storage that Tune would copy it to, and Tune's copy of a folder onto itself is skipped."""
+
+    name = "checkpoint_in_place"
+    touches = (("ray.train._internal.storage", "StorageContext.persist_current_checkpoint"),
+               ("ray.train._internal.storage", "StorageContext._make_checkpoint_dir_name"),
+               ("ray.train._internal.storage", "StorageContext._check_validation_file"),
+               ("ray.train._internal.session", "get_session"))
+
+    def _apply(self) -> None:
+        from ray.train._internal.storage import StorageContext
+
+        stock = StorageContext.persist_current_checkpoint
+
+        def persist(storage: Any, checkpoint: Any) -> Any:
+            if (_on_local_disk(checkpoint.filesystem) and _on_local_disk(storage.storage_filesystem)
+                    and os.path.normpath(checkpoint.path) == os.path.normpath(storage.checkpoint_fs_path)):
+                storage._check_validation_file()
+                return checkpoint.__class__(filesystem=storage.storage_filesystem, path=storage.checkpoint_fs_path)
+            return stock(storage, checkpoint)
+
+        self._set(StorageContext, "persist_current_checkpoint", persist)
+
+    def place(self) -> str | None:
+        """The empty folder the trial's next reported checkpoint goes to, or None (a temporary
+        directory then, copied by Tune)."""
+        if not self.applied:
+            return None
+        from ray.train._internal.session import get_session
+
+        storage = getattr(get_session(), "storage", None)
+        if storage is None or not _on_local_disk(storage.storage_filesystem):
+            return None
+        place = os.path.join(storage.trial_fs_path,
+                             storage._make_checkpoint_dir_name(storage.current_checkpoint_index + 1))
+        if os.path.lexists(place):  # left by a killed driver whose saved state lags the disk
+            import shutil
+
+            shutil.rmtree(place)
+        os.makedirs(place)
+        return place
+
+
+def _on_local_disk(fs: Any) -> bool:
+    return getattr(fs, "type_name", None) == "local"
+
+
+class ReportAhead(Tweak):
+    """In a trial under FIFO: the trial trains its next epoch while the driver handles the result
+    it just reported (Ray's asynchronous session mode, never more than one result ahead)."""
+
+    name = "report_ahead"
+    touches = (("ray.train._internal.session", "get_session"),)
+
+    def _apply(self) -> None:
+        from ray.train._internal.session import get_session
+
+        session = get_session()
+        if session is not None and hasattr(session, "synchronous_result_reporting"):
+            session.synchronous_result_reporting = False
+
+
+# ------------------------------------------------------------------------------------------------
+# Cluster connection: fail fast and clearly
+
+
+def probe_gcs(address: str, metadata: list[tuple[str, str]]) -> tuple[Any, str | None]:
+    """One call to the GCS at ``address`` with the auth ``metadata`` and a 5-second deadline,
+    through Ray's generated gRPC stubs: ``(problem, cluster's Ray version)``. ``problem`` is None
+    when it answered, the ``grpc.StatusCode`` when it did not, or ``...`` when these stubs are
+    missing (no probe: Ray's own retry loop then reports)."""
+    try:
+        import grpc
+        from ray.core.generated import gcs_service_pb2 as pb
+        from ray.core.generated import gcs_service_pb2_grpc as rpc
+
+        kv_stub, request = rpc.InternalKVGcsServiceStub, pb.InternalKVGetRequest
+    except (ImportError, AttributeError):
+        return ..., None
+    import json
+
+    channel = grpc.insecure_channel(address)
+    try:
+        reply = kv_stub(channel).InternalKVGet(request(key=b"CLUSTER_METADATA", namespace=b"cluster"),
+                                               timeout=5, metadata=metadata)
+        try:
+            return None, json.loads(reply.value).get("ray_version")
+        except (ValueError, AttributeError):
+            return None, None
+    except grpc.RpcError as exc:
+        return exc.code(), None
+    finally:
+        channel.close()
+
+
+def auto_address() -> str | None:
+    """The GCS address ``ray.init(address="auto")`` would join (RAY_ADDRESS, else the head node
+    started on this machine), or None when none is found or Ray's lookup is missing."""
+    lookup = _resolve("ray._private.services", "get_ray_address_from_environment")
+    if lookup is _MISSING:
+        return os.environ.get("RAY_ADDRESS") or None
+    try:
+        found = lookup("auto", None)
+    except ConnectionError:
+        return None
+    return None if not found or found == "auto" else found
+
+
+# ------------------------------------------------------------------------------------------------
+
+LOOPBACK = Loopback()
+QUIET_TOKEN_AUTH = QuietDefaultTokenAuth()
+NO_IDLE_DAEMONS = NoIdleDaemons()
+PRELOADED_WORKERS = PreloadedWorkers()
+LOCAL_ACTOR_ENV = LocalActorEnv()
+CHECKPOINT_FROM_RESULT = CheckpointFromResult()
+CHECKPOINT_IN_PLACE = CheckpointInPlace()
+REPORT_AHEAD = ReportAhead()
+ALL = (LOOPBACK, QUIET_TOKEN_AUTH, NO_IDLE_DAEMONS, PRELOADED_WORKERS, LOCAL_ACTOR_ENV, CHECKPOINT_FROM_RESULT,
+       CHECKPOINT_IN_PLACE, REPORT_AHEAD)
+
+
+@contextlib.contextmanager
+def during(*tweaks: Tweak) -> Iterator[None]:
+    """Apply ``tweaks`` for the duration of the block, then undo them."""
+    try:
+        for tweak in tweaks:
+            tweak.apply()
+        yield
+    finally:
+        for tweak in reversed(tweaks):
+            if tweak.applied:
+                tweak.undo()
+
+
+def undo_all() -> None:
+    """Restore every attribute a tweak replaced (at shutdown)."""
+    for tweak in reversed(ALL):
+        if tweak.applied:
+            tweak.undo()
+
+
+def in_effect() -> list[str]:
+    return [t.name for t in ALL if t.applied]

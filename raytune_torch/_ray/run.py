@@ -1,0 +1,115 @@
+"""Building, fitting and restoring the Tuner."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from ray import tune
+from ray.tune.logger import JsonLoggerCallback
+
+from .callbacks import HistoryCallback, trial_dirname
+from .local import _workers_ready
+from .search import SearchPlan, build_scheduler, build_search, param_space
+from .trial import SharedData, TrialFunction, trainable
+
+# Tune's console and logger settings for this library's runs (documented Tune variables, set only
+# while a run is fitted): one status line instead of Ray's pages of tables, none of Ray's CSV and
+# TensorBoard loggers (HistoryCallback writes what results and TensorBoard need), no warning about
+# experiment-state syncs that take longer than Tune's threshold on slow storage.
+_TUNE_ENV = {
+    "RAY_AIR_NEW_OUTPUT": "0",
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+}
+
+
+@contextlib.contextmanager
+def _tune_env() -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in _TUNE_ENV}
+    for key, value in _TUNE_ENV.items():
+        os.environ.setdefault(key, value)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _trainable(config: Any, trial_fn: TrialFunction, shared: SharedData, run_dir: str) -> Any:
+    from ..storage import ray_storage
+
+    return trainable(trial_fn, shared, ray_storage(run_dir), cpu=config.resources.cpu, gpu=config.resources.gpu,
+                     report_ahead=config.scheduler.name == "fifo")
+
+
+def run_tuner(config: Any, shared: SharedData, trial_fn: TrialFunction, *, run_dir_parent: str, callbacks: list,
+              metric_names: tuple[str, ...] | None = None, plan: SearchPlan | None = None,
+              staging: tuple[str, str] | None = None) -> Any:
+    """Build and fit the Tuner; returns Ray's ResultGrid.
+
+    ``trial_fn(params, data, reporter)`` runs one trial (the experiment's, or TorchSearchCV's
+    k folds). ``metric_names``: what trials report (default: the experiment's), for
+    history.jsonl and TensorBoard. ``staging``: see :class:`HistoryCallback` (URI run
+    directories)."""
+    from ..storage import join, ray_storage
+
+    plan = plan or build_search(config)
+    tune_config = tune.TuneConfig(
+        metric=config.search.metric,
+        mode=config.search.mode,
+        search_alg=plan.search_alg,
+        scheduler=build_scheduler(config),
+        num_samples=plan.num_samples,
+        # The variant generator limits concurrency itself; Ray wraps model-based searchers.
+        max_concurrent_trials=None if config.search.algorithm in ("grid", "random") else config.search.max_concurrent,
+        reuse_actors=True,
+        trial_dirname_creator=trial_dirname,
+    )
+    run_config = tune.RunConfig(
+        name=config.name,
+        storage_path=ray_storage(run_dir_parent),
+        checkpoint_config=tune.CheckpointConfig(
+            # Ray keeps every checkpoint; HistoryCallback applies the disk budget as results arrive
+            # (and results.write_results at the end).
+            num_to_keep=None,
+            checkpoint_score_attribute=config.search.metric,
+            checkpoint_score_order=config.search.mode,
+        ),
+        failure_config=tune.FailureConfig(max_failures=config.max_failures),
+        verbose=0,
+        log_to_file=True,
+        # The history callback comes first, so no row can be lost; Ray's JSON logger stays for
+        # Ray's own tools.
+        callbacks=[HistoryCallback(config, metric_names, staging), JsonLoggerCallback(), *callbacks],
+    )
+    run_dir = join(run_dir_parent, config.name)
+    with _tune_env():
+        tuner = tune.Tuner(_trainable(config, trial_fn, shared, run_dir),
+                           param_space=param_space(config.space, config.search.algorithm),
+                           tune_config=tune_config, run_config=run_config)
+        _workers_ready.wait()
+        return tuner.fit()
+
+
+def can_restore(run_dir: str) -> bool:
+    from ..storage import ray_storage
+
+    return tune.Tuner.can_restore(ray_storage(run_dir))
+
+
+def restore_tuner(run_dir: str, config: Any, shared: SharedData, trial_fn: TrialFunction) -> Any:
+    """Continue an interrupted experiment: finished trials stay finished, unfinished and errored
+    ones continue from their newest checkpoints. Returns Ray's ResultGrid."""
+    from ..storage import ray_storage
+
+    with _tune_env():
+        tuner = tune.Tuner.restore(ray_storage(run_dir), trainable=_trainable(config, trial_fn, shared, run_dir),
+                                   resume_unfinished=True, resume_errored=True, restart_errored=False)
+        _workers_ready.wait()
+        return tuner.fit()
