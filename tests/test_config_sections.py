@@ -18,6 +18,7 @@ from raytune_torch.config import (
     DataConfig,
     EarlyStoppingConfig,
     ExperimentConfig,
+    LoaderConfig,
     Problems,
     ResourcesConfig,
     SchedulerConfig,
@@ -41,6 +42,13 @@ SECTION_VALUES = [
     DataConfig(factory="examples.data:diabetes_scaled", factory_args={"n": 3}, val_fraction=0.3,
                test_fraction=0.1, standardize=True),
     DataConfig(parquet="t.parquet", features=("a", "b"), label="y"),
+    DataConfig(factory="examples.images:shapes", num_classes=4,
+               loader=LoaderConfig(num_workers=2, pin_memory=False, persistent_workers=True, prefetch_factor=4,
+                                   drop_last=True)),
+    DataConfig(parquet="big/", label="y", stream=True, shuffle_buffer=500, val_parquet="val/"),
+    DataConfig(parquet="t.parquet", label="y", stream=False),
+    LoaderConfig(),
+    LoaderConfig(num_workers=1, prefetch_factor=2),
     TrainConfig(),
     TrainConfig(metrics=None),
     TrainConfig(max_epochs=3, batch_size=8, metrics=("accuracy", "f1"),
@@ -293,3 +301,44 @@ def test_pbt_can_mutate():
         "space: pbt needs at least one searched parameter to mutate"]
     assert _rule(rules.pbt_can_mutate, scheduler=pbt, space={"module__hidden": Int(8, 16)})[0].startswith(
         "space: pbt copies weights")
+
+
+# --- data: loader and stream options --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("data, messages", [
+    ({"factory": "m:f", "loader": {"prefetch_factor": 2}},
+     ["data.loader.prefetch_factor: needs num_workers > 0 (batches prefetched by worker processes), got "
+      "prefetch_factor 2 with num_workers 0; remove it or set num_workers"]),
+    ({"factory": "m:f", "loader": {"persistent_workers": True}},
+     ["data.loader.persistent_workers: needs num_workers > 0 (there are no worker processes to keep), got true "
+      "with num_workers 0; remove it or set num_workers"]),
+    ({"factory": "m:f", "loader": {"num_workers": -1, "pin_memory": "yes", "prefetch_factor": 0, "workers": 2}},
+     ["data.loader: unknown key 'workers'; did you mean 'num_workers'? (allowed: num_workers, pin_memory, "
+      "persistent_workers, prefetch_factor, drop_last)",
+      "data.loader.num_workers: must be >= 0, got -1",
+      "data.loader.prefetch_factor: must be >= 1, got 0",
+      "data.loader.pin_memory: must be true or false, got 'yes'"]),
+    ({"dataset": "digits", "loader": {"num_workers": 2}},
+     ["data.loader: applies to a `factory` that returns torch Datasets, not to a bundled dataset source; remove it"]),
+    ({"factory": "m:f", "stream": True, "shuffle_buffer": 10},
+     ["data.stream: applies to a `parquet` source only; remove it",
+      "data.shuffle_buffer: applies to a `parquet` source only; remove it"]),
+    ({"parquet": "t", "label": "y", "stream": "yes", "shuffle_buffer": 0},
+     ["data.stream: must be auto, true or false, got 'yes'", "data.shuffle_buffer: must be >= 1, got 0"]),
+    ({"parquet": "t", "label": "y", "val_parquet": "v", "test_fraction": 0.1},
+     ["data.test_fraction: with val_parquet the validation split is given, and a test split is not cut from "
+      "the table; remove test_fraction (got 0.1)"]),
+    ({"factory": "m:f", "num_classes": 1}, ["data.num_classes: must be >= 2, got 1"]),
+])
+def test_data_loader_and_stream_problems(data, messages):
+    problems = Problems()
+    DataConfig.from_dict(data, problems)
+    assert list(problems) == messages
+
+
+def test_data_loader_and_stream_defaults_are_left_out_of_the_file():
+    assert DataConfig(factory="m:f").to_dict() == {"factory": "m:f", "val_fraction": 0.2, "test_fraction": 0.0,
+                                                   "standardize": False}
+    assert DataConfig(factory="m:f", loader=LoaderConfig(num_workers=2)).to_dict()["loader"] == {
+        "num_workers": 2, "pin_memory": True, "persistent_workers": False, "drop_last": False}

@@ -12,7 +12,7 @@ Each section of the file is a module with a frozen dataclass shaped like its YAM
 from ._problems import Problems
 from .checkpoint import CheckpointConfig
 from .components import ComponentConfig
-from .data import BUNDLED_DATASETS, DataConfig
+from .data import BUNDLED_DATASETS, DataConfig, LoaderConfig
 from .experiment import SECTIONS, ExperimentConfig, Section
 from .load import OVERRIDES, config_to_dict, load_config
 from .params import PLAIN_PARAMS, PREFIXES, check_param_names
@@ -25,6 +25,7 @@ from .train import HIGHER_IS_BETTER, METRICS, TASKS, EarlyStoppingConfig, TrainC
 __all__ = [
     "ExperimentConfig",
     "DataConfig",
+    "LoaderConfig",
     "ComponentConfig",
     "TrainConfig",
     "EarlyStoppingConfig",
