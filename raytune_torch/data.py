@@ -6,10 +6,15 @@ Sources (one per experiment):
   ``wine``, ``diabetes``) — nothing is downloaded;
 * a factory ``package.module:function`` (or a callable) returning ``(X, y)`` arrays, or a dict
   ``{"train": (X, y), "val": (X, y), "test": (X, y)}`` with splits of its own;
-* a Parquet file or directory read with pyarrow (``features`` columns, ``label`` column).
+* a factory returning a ``torch.utils.data.Dataset`` (map-style or iterable) or a dict of them
+  (:mod:`raytune_torch.datasets`);
+* a Parquet file or directory read with pyarrow (``features`` columns, ``label`` column): read
+  whole, or streamed in record batches when it is large (:mod:`raytune_torch.parquet_stream`).
 
-The driver loads and splits once; the resulting :class:`Splits` goes to Ray's object store once
-and every trial reads it as zero-copy views.
+Arrays: the driver loads and splits once; the resulting :class:`Splits` goes to Ray's object
+store once and every trial reads it as zero-copy views. Datasets and streamed Parquet: the driver
+shares a small description (factory or path, split indices or row groups) and each trial reads
+the data itself.
 """
 
 from __future__ import annotations
@@ -24,14 +29,21 @@ import numpy as np
 
 from .exceptions import PreflightError
 
-__all__ = ["Splits", "load_splits", "load_arrays", "as_tensors", "iterate_batches"]
+__all__ = ["Splits", "load_data", "load_splits", "split_arrays", "load_arrays", "as_tensors", "iterate_batches",
+           "ACCEPTED_FACTORY_RESULTS"]
+
+#: what ``data.factory`` may return, as error messages list it
+ACCEPTED_FACTORY_RESULTS = (
+    "(X, y) arrays, a torch.utils.data.Dataset (map-style or iterable), or a dict "
+    "{'train': ..., 'val': ..., 'test': ...} of (X, y) pairs or of Datasets ('test' optional)")
 
 
 @dataclass
 class Splits:
     """Train/validation (and optional test) arrays, ready for training.
 
-    Features are float32 ``(n, ...)``; classification labels are int64 class indices
+    Features are float32 ``(n, ...)`` (integer features, such as token ids, stay integers: int64);
+    classification labels are int64 class indices
     ``0..n_outputs-1`` (``classes`` maps them back); regression targets are float32 ``(n, k)``.
     """
 
@@ -50,6 +62,10 @@ class Splits:
     @property
     def n_features(self) -> int:
         return int(np.prod(self.X_train.shape[1:])) if self.X_train.ndim > 1 else 1
+
+    @property
+    def has_test(self) -> bool:
+        return self.X_test is not None
 
     @property
     def n_outputs(self) -> int:
@@ -106,14 +122,43 @@ def load_arrays(data_cfg: Any, *, import_paths: tuple[str, ...] = ()) -> Any:
     if data_cfg.dataset is not None:
         return _bundled(data_cfg.dataset)
     if data_cfg.parquet is not None:
-        return _parquet(data_cfg.parquet, data_cfg.features, data_cfg.label)
+        train = _parquet(data_cfg.parquet, data_cfg.features, data_cfg.label)
+        if data_cfg.val_parquet is None:
+            return train
+        return {"train": train, "val": _parquet(data_cfg.val_parquet, data_cfg.features, data_cfg.label)}
     from .components import resolve
 
     factory = resolve(data_cfg.factory, what="data.factory", import_paths=import_paths)
     try:
-        return factory(**dict(data_cfg.factory_args))
+        raw = factory(**dict(data_cfg.factory_args))
     except Exception as exc:
         raise PreflightError(f"data.factory {data_cfg.factory!r} failed: {type(exc).__name__}: {exc}") from exc
+    _check_factory_result(raw, data_cfg.factory)
+    return raw
+
+
+def _check_factory_result(raw: Any, factory: Any) -> None:
+    """A factory's result is one of :data:`ACCEPTED_FACTORY_RESULTS` (the shape is checked later)."""
+    from .datasets import is_dataset
+
+    def array_like(value: Any) -> bool:
+        return hasattr(value, "__len__") and not isinstance(value, (str, bytes, Mapping))
+
+    def pair(value: Any) -> bool:
+        return isinstance(value, (tuple, list)) and len(value) == 2 and all(array_like(v) for v in value)
+
+    if pair(raw) or is_dataset(raw):
+        return
+    if isinstance(raw, Mapping) and raw and all(v is None or pair(v) or is_dataset(v) for v in raw.values()):
+        return
+    from .components import describe
+
+    got = type(raw).__name__
+    if isinstance(raw, Mapping):
+        got = "dict of " + ", ".join(sorted({type(v).__name__ for v in raw.values()})) if raw else "empty dict"
+    elif isinstance(raw, (tuple, list)):
+        got = f"{got} of {len(raw)} item(s)"
+    raise PreflightError(f"data.factory {describe(factory)!r} returned {got}; it must return {ACCEPTED_FACTORY_RESULTS}")
 
 
 def _pair(value: Any, where: str) -> tuple[np.ndarray, np.ndarray]:
@@ -127,11 +172,38 @@ def _pair(value: Any, where: str) -> tuple[np.ndarray, np.ndarray]:
     return X, y
 
 
+def load_data(data_cfg: Any, task: str, seed: int, *, import_paths: tuple[str, ...] = ()) -> Any:
+    """Load the source once and split it once with ``seed``: what the trials are given.
+
+    Returns :class:`Splits` (arrays: bundled, a factory's arrays, Parquet read whole), a
+    :class:`~raytune_torch.datasets.DatasetSource` (a factory's torch Datasets) or a
+    :class:`~raytune_torch.parquet_stream.ParquetStream` (Parquet streamed).
+    """
+    if data_cfg.parquet is not None:
+        from .parquet_stream import load_stream, wants_stream
+
+        if wants_stream(data_cfg):
+            return load_stream(data_cfg, task, seed)
+    raw = load_arrays(data_cfg, import_paths=import_paths)
+    from .datasets import holds_datasets, load_dataset_source
+
+    if holds_datasets(raw):
+        return load_dataset_source(raw, data_cfg, task, seed, import_paths=import_paths)
+    if data_cfg.loader != type(data_cfg.loader)():
+        raise PreflightError("data.loader: the factory returned arrays, which are batched in memory without a "
+                             "DataLoader; remove data.loader (it applies to a factory that returns Datasets)")
+    return split_arrays(raw, data_cfg, task, seed)
+
+
 def load_splits(data_cfg: Any, task: str, seed: int, *, import_paths: tuple[str, ...] = ()) -> Splits:
-    """Load the source once and split it once (stratified for classification) with ``seed``."""
+    """Load an array source once and split it once (stratified for classification) with ``seed``."""
+    return split_arrays(load_arrays(data_cfg, import_paths=import_paths), data_cfg, task, seed)
+
+
+def split_arrays(raw: Any, data_cfg: Any, task: str, seed: int) -> Splits:
+    """Split what an array source returned: ``(X, y)`` by the fractions, a dict as given."""
     from sklearn.model_selection import train_test_split
 
-    raw = load_arrays(data_cfg, import_paths=import_paths)
     if isinstance(raw, Mapping):
         unknown = set(raw) - {"train", "val", "test"}
         if unknown or "train" not in raw or "val" not in raw:
@@ -160,7 +232,10 @@ def load_splits(data_cfg: Any, task: str, seed: int, *, import_paths: tuple[str,
 
 def _finish(task, X_tr, y_tr, X_va, y_va, X_te, y_te, *, standardize: bool) -> Splits:
     def features(X):
-        return None if X is None else np.ascontiguousarray(X, dtype=np.float32)
+        if X is None:
+            return None
+        keep_int = X.dtype.kind in "iu" and not standardize  # token ids, counts: stay integers
+        return np.ascontiguousarray(X, dtype=np.int64 if keep_int else np.float32)
 
     X_tr, X_va, X_te = features(X_tr), features(X_va), features(X_te)
     for name, X in (("val", X_va), ("test", X_te)):

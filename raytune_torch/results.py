@@ -138,7 +138,7 @@ def write_results(run_dir: str, config: Any, data: Any, grid: Any, local_dir: st
         summary.update({"trial_id": best["trial_id"], "epoch": best["epoch"], "status": best["status"],
                         "value": best["value"], "params": best["params"], "metrics": best["metrics"],
                         "checkpoint": best["checkpoint"]})
-        if data.X_test is not None and best["checkpoint"]:
+        if data.has_test and best["checkpoint"]:
             summary["test_metrics"] = _score_test(config, data, best)
     Path(local_dir, "best.json").write_text(json.dumps(_jsonable(summary), indent=2))
 
@@ -248,7 +248,7 @@ def _score_test(config: Any, data: Any, best: dict) -> dict[str, float]:
     import torch
 
     from .checkpoint import load_model_state, load_state
-    from .data import as_tensors, iterate_batches
+    from .data import Splits, as_tensors, iterate_batches
     from .loop import evaluate
     from .trainable import build_components
 
@@ -258,9 +258,12 @@ def _score_test(config: Any, data: Any, best: dict) -> dict[str, float]:
     model, _, loss_fn, _ = build_components(config, best["params"], data.n_features, data.n_outputs, device)
     with fetch_dir(best["checkpoint"]) as directory:
         load_model_state(model, load_state(directory), best["checkpoint"])
-    X, y = as_tensors(data.X_test, data.y_test)
-    scores = evaluate(model, iterate_batches(X, y, 1024, shuffle=False), loss_fn, device, config.task,
-                      config.train.metrics)
+    if isinstance(data, Splits):
+        X, y = as_tensors(data.X_test, data.y_test)
+        batches = iterate_batches(X, y, 1024, shuffle=False)
+    else:  # a Dataset source or a streamed table
+        batches = data.open().batches("test", data.eval_batch_size, device)
+    scores = evaluate(model, batches, loss_fn, device, config.task, config.train.metrics)
     return {f"test_{k}": v for k, v in scores.items()}
 
 

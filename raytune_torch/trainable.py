@@ -109,7 +109,7 @@ def build_components(config: Any, params: dict[str, Any], n_features: int, n_out
     return model, optimizer, loss_fn, lr_scheduler
 
 
-def model_size(config: Any, params: dict[str, Any], data: Splits) -> int | None:
+def model_size(config: Any, params: dict[str, Any], data: Any) -> int | None:
     """The number of parameters of the model for ``params``, built on torch's meta device (no
     memory, no initialisation). None when the model cannot be built there."""
     try:
@@ -124,7 +124,7 @@ def model_size(config: Any, params: dict[str, Any], data: Splits) -> int | None:
 class Trial:
     """The running trial, as a custom ``train.loop`` sees it."""
 
-    def __init__(self, config: Any, params: dict[str, Any], data: Splits, reporter: Reporter, *,
+    def __init__(self, config: Any, params: dict[str, Any], data: Any, reporter: Reporter, *,
                  cpus: float = 1.0, gpu_share: float = 0.0) -> None:
         self.config = config
         self.params = dict(params)
@@ -140,11 +140,18 @@ class Trial:
         self.model, self.optimizer, self.loss_fn, self.lr_scheduler = build_components(
             config, self.params, data.n_features, data.n_outputs, self.device)
         self.step_ctx = StepContext(self.model, self.optimizer, self.loss_fn, self.device)
-        X_tr, y_tr, X_va, y_va = as_tensors(data.X_train, data.y_train, data.X_val, data.y_val)
-        if self.device.type != "cpu":
-            X_tr, y_tr, X_va, y_va = (t.to(self.device) for t in (X_tr, y_tr, X_va, y_va))
-        self._train, self._val = (X_tr, y_tr), (X_va, y_va)
-        self.n_train = len(X_tr)
+        # Arrays (Splits) are indexed in memory; a Dataset source or a streamed table (the others
+        # data.load_data returns) is read batch by batch by this trial itself.
+        self._source: Any = None
+        if isinstance(data, Splits):
+            X_tr, y_tr, X_va, y_va = as_tensors(data.X_train, data.y_train, data.X_val, data.y_val)
+            if self.device.type != "cpu":
+                X_tr, y_tr, X_va, y_va = (t.to(self.device) for t in (X_tr, y_tr, X_va, y_va))
+            self._train, self._val = (X_tr, y_tr), (X_va, y_va)
+            self.n_train = len(X_tr)
+        else:
+            self._source = data.open()
+            self.n_train = data.n_train or 0  # an iterable dataset's is counted in its first epoch
         self.epoch = 0  # epochs completed
         self.best: float | None = None
         self.bad_epochs = 0
@@ -211,12 +218,24 @@ class Trial:
             yield self.epoch + 1
 
     def train_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if self._source is not None:
+            return self._counted(self._source.batches("train", self.batch_size, self.device, generator=self.shuffle))
         X, y = self._train
         return iterate_batches(X, y, self.batch_size, shuffle=True, generator=self.shuffle)
 
     def val_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if self._source is not None:
+            return self._source.batches("val", max(self.batch_size, self._source.eval_batch_size), self.device)
         X, y = self._val
         return iterate_batches(X, y, max(self.batch_size, 1024), shuffle=False)
+
+    def _counted(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The batches, counting their rows: a whole pass sets ``n_train`` (samples_per_s)."""
+        rows = 0
+        for xb, yb in batches:
+            rows += len(xb)
+            yield xb, yb
+        self.n_train = rows
 
     def evaluate(self) -> dict[str, float]:
         return evaluate(self.model, self.val_batches(), self.loss_fn, self.device, self.task,
@@ -381,7 +400,7 @@ def _optimizer_without_compiler() -> Iterator[None]:
                 del fn.__dynamo_disable
 
 
-def preflight(config: Any, data: Splits, params: dict[str, Any]) -> None:
+def preflight(config: Any, data: Any, params: dict[str, Any]) -> None:
     """Build the components and run one training batch and one evaluation in this process.
 
     Raises :class:`~raytune_torch.exceptions.PreflightError` naming the cause (a broken import, a
@@ -389,6 +408,10 @@ def preflight(config: Any, data: Splits, params: dict[str, Any]) -> None:
     trial starts.
     """
     from .exceptions import PreflightError
+
+    source = None if isinstance(data, Splits) else data
+    if source is not None:
+        data = source.in_process()  # no DataLoader worker processes are started in the driver
 
     try:
         with _optimizer_without_compiler():
@@ -398,16 +421,22 @@ def preflight(config: Any, data: Splits, params: dict[str, Any]) -> None:
     except Exception as exc:
         raise PreflightError(f"building the trial's components failed with parameters {params}: "
                              f"{type(exc).__name__}: {exc}") from exc
-    X, y = trial._train
-    xb, yb = X[: min(len(X), trial.batch_size)], y[: min(len(X), trial.batch_size)]
+    if source is None:
+        X, y = trial._train
+        xb, yb = X[: min(len(X), trial.batch_size)], y[: min(len(X), trial.batch_size)]
+    else:
+        xb, yb = (t.to(trial.device) for t in source.preflight_batch(trial.batch_size))
     model_name = comp.describe(config.model.name)
     try:
         out = trial.model(xb)
     except Exception as exc:
+        integer = "" if xb.is_floating_point() else (
+            f"; the features are {str(xb.dtype).replace('torch.', '')} (integer inputs such as token ids keep "
+            f"their dtype): a model that wants floats casts them itself, or the data gives floats")
         raise PreflightError(
             f"the model {model_name} failed on a batch of features of shape {tuple(xb.shape)} "
             f"({data.n_features} features per row): {type(exc).__name__}: {exc}. Make the model's input "
-            f"size match the data (a constructor argument `in_features` is filled in for you)") from exc
+            f"size match the data (a constructor argument `in_features` is filled in for you){integer}") from exc
     if not isinstance(out, torch.Tensor):
         raise PreflightError(f"the model {model_name} returned {type(out).__name__}, not a tensor")
     if config.task == "classification":

@@ -15,7 +15,7 @@ import yaml
 from . import space as sp
 from . import storage as st
 from .config import ExperimentConfig, config_to_dict, load_config
-from .data import Splits, load_splits
+from .data import Splits, load_data
 
 __all__ = ["run", "resume", "prepare"]
 
@@ -42,8 +42,10 @@ def _config(source: Any, **overrides: Any) -> ExperimentConfig:
     return config
 
 
-def _load_and_check(config: ExperimentConfig) -> Splits:
-    data = load_splits(config.data, config.task, config.seed, import_paths=config.import_paths)
+def _load_and_check(config: ExperimentConfig) -> Splits | Any:
+    """The data the trials are given (arrays, or a Dataset source or streamed table that each trial
+    reads itself), checked by the preflight batch."""
+    data = load_data(config.data, config.task, config.seed, import_paths=config.import_paths)
     from .trainable import preflight
 
     preflight(config, data, sp.representative_point(config.space))
