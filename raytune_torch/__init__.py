@@ -11,6 +11,7 @@ from .config import ExperimentConfig, load_config
 from .exceptions import (
     CheckpointError,
     ConfigError,
+    MetricError,
     PreflightError,
     RaytuneTorchError,
     ResourceError,
@@ -64,6 +65,7 @@ __all__ = [
     "RaytuneTorchError",
     "ConfigError",
     "PreflightError",
+    "MetricError",
     "ResourceError",
     "ClusterError",
     "RayVersionError",

@@ -7,6 +7,8 @@ Exception tree::
     │                             ``.problems`` lists every problem found, not just the first
     ├── PreflightError            a trial cannot work: the model, loss, or data fail on one batch
     │                             in the driver, before Ray starts any trial
+    ├── MetricError               a metric of ``train.metrics`` raised, or returned something that
+    │                             is not a number (the preflight reports it as a PreflightError)
     ├── ResourceError             no node of the cluster can satisfy one trial's resources
     ├── ClusterError              a Ray cluster cannot be reached or refuses us (address, token)
     ├── RayVersionError           the installed Ray is outside the range this library is tested with
@@ -20,6 +22,7 @@ __all__ = [
     "RaytuneTorchError",
     "ConfigError",
     "PreflightError",
+    "MetricError",
     "ResourceError",
     "ClusterError",
     "RayVersionError",
@@ -48,6 +51,10 @@ class ConfigError(RaytuneTorchError, ValueError):
 
 class PreflightError(RaytuneTorchError):
     """A trial would fail: found by running one batch in the driver before launch."""
+
+
+class MetricError(RaytuneTorchError, ValueError):
+    """A metric function failed or returned a non-number; the message names the metric."""
 
 
 class ResourceError(RaytuneTorchError):

@@ -250,6 +250,7 @@ def _score_test(config: Any, data: Any, best: dict) -> dict[str, float]:
     from .checkpoint import load_model_state, load_state
     from .data import Splits, as_tensors, iterate_batches
     from .loop import evaluate
+    from .metrics import resolve_metrics
     from .trainable import build_components
 
     from .storage import fetch_dir
@@ -263,7 +264,8 @@ def _score_test(config: Any, data: Any, best: dict) -> dict[str, float]:
         batches = iterate_batches(X, y, 1024, shuffle=False)
     else:  # a Dataset source or a streamed table
         batches = data.open().batches("test", data.eval_batch_size, device)
-    scores = evaluate(model, batches, loss_fn, device, config.task, config.train.metrics)
+    metrics = resolve_metrics(config.task, config.train.metrics, import_paths=config.import_paths)
+    scores = evaluate(model, batches, loss_fn, device, config.task, metrics, precision=config.train.precision)
     return {f"test_{k}": v for k, v in scores.items()}
 
 

@@ -42,8 +42,9 @@ from torch import nn
 from ._names import ESTIMATOR_PREFIXES as PREFIXES
 from ._names import fix_prefix, is_routed, suggest
 from .components import build_loss, build_model, build_optimizer, params_for
+from .config.train import PRECISIONS
 from .data import as_tensors, iterate_batches
-from .loop import StepContext, evaluate, predict, train_epoch
+from .loop import StepContext, evaluate, make_scaler, predict, train_epoch
 
 __all__ = ["TorchClassifier", "TorchRegressor"]
 
@@ -112,7 +113,7 @@ class _TorchEstimator(BaseEstimator):
                  batch_size: int = 64, lr: float = 0.01, optimizer: str | Callable = "adam",
                  criterion: str | Callable | None = None, device: str = "cpu", random_state: Any = None,
                  early_stopping: bool = False, validation_fraction: float = 0.1,
-                 n_iter_no_change: int = 3, verbose: int = 0, **kwargs: Any) -> None:
+                 n_iter_no_change: int = 3, verbose: int = 0, precision: str = "32", **kwargs: Any) -> None:
         self.module = module
         self.max_epochs = max_epochs
         self.batch_size = batch_size
@@ -125,6 +126,7 @@ class _TorchEstimator(BaseEstimator):
         self.validation_fraction = validation_fraction
         self.n_iter_no_change = n_iter_no_change
         self.verbose = verbose
+        self.precision = precision
         unexpected = [key for key in kwargs if not _is_routed(key)]
         if unexpected:
             raise TypeError(_unexpected(type(self).__name__, unexpected, self._get_param_names()))
@@ -163,6 +165,8 @@ class _TorchEstimator(BaseEstimator):
         fraction = self.validation_fraction
         if self.early_stopping and not (isinstance(fraction, numbers.Real) and 0 < fraction < 1):
             problems.append(f"validation_fraction must be a number in (0, 1), both ends exclusive, got {fraction!r}")
+        if isinstance(self.precision, bool) or str(self.precision) not in PRECISIONS:
+            problems.append(f"precision must be one of {', '.join(map(repr, PRECISIONS))}, got {self.precision!r}")
         for name in ("module", "criterion"):
             if isinstance(getattr(self, name), nn.Module):
                 problems.append(f"{name} must be a class or factory, not an instance of "
@@ -213,6 +217,7 @@ class _TorchEstimator(BaseEstimator):
         optimizer_args = params_for("optimizer", routed)
         optimizer_args.setdefault("lr", self.lr)
         self.optimizer_ = build_optimizer(self.optimizer, optimizer_args, {}, self.module_)
+        self.scaler_ = make_scaler(device, str(self.precision))
         self.history_: list[dict[str, Any]] = []
         self.n_epochs_ = 0
 
@@ -227,7 +232,8 @@ class _TorchEstimator(BaseEstimator):
         Returns the ``history_`` entry and the seconds it took.
         """
         start = time.perf_counter()
-        ctx = StepContext(self.module_, self.optimizer_, self.criterion_, self._torch_device())
+        ctx = StepContext(self.module_, self.optimizer_, self.criterion_, self._torch_device(),
+                          precision=str(self.precision), scaler=self.scaler_)
         with self._seeded(_EPOCH, self.n_epochs_ + 1):
             loss = train_epoch(ctx, iterate_batches(X, y, self.batch_size, shuffle=True))
         self.n_epochs_ += 1
@@ -263,7 +269,8 @@ class _TorchEstimator(BaseEstimator):
         for _ in range(self.max_epochs):
             entry, seconds = self._epoch(X_tr, y_tr)
             valid = iterate_batches(X_va, y_va, self.batch_size, shuffle=False)
-            entry["valid_loss"] = evaluate(self.module_, valid, self.criterion_, device, self._task, [])["loss"]
+            entry["valid_loss"] = evaluate(self.module_, valid, self.criterion_, device, self._task, [],
+                                           precision=str(self.precision))["loss"]
             self._report(entry, seconds, of=self.max_epochs)
             if entry["valid_loss"] < best_loss:
                 best_loss, since_best = entry["valid_loss"], 0
@@ -294,7 +301,7 @@ class _TorchEstimator(BaseEstimator):
         X = validate_data(self, X, reset=False, dtype=np.float32)
         (X_t,) = as_tensors(np.ascontiguousarray(X))
         out = predict(self.module_, iterate_batches(X_t, X_t, self.batch_size, shuffle=False),
-                      self._torch_device())
+                      self._torch_device(), precision=str(self.precision))
         return out.numpy().astype(np.float64).reshape(len(X), -1)
 
     # --- pickling ------------------------------------------------------------------------------
@@ -358,12 +365,15 @@ class TorchClassifier(ClassifierMixin, _TorchEstimator):
         validation_fraction: in (0, 1), both ends exclusive.
         n_iter_no_change: epochs without improvement before stopping, >= 1.
         verbose: 1 prints one line per epoch.
+        precision: ``"32"``, ``"bf16"`` or ``"fp16"``: the forward pass and loss run under autocast
+            to that dtype, fp16 with a gradient scaler (``train.precision`` of an experiment file).
         **kwargs: ``module__*``, ``optimizer__*`` and ``criterion__*`` arguments only.
 
     Attributes:
         classes_: the labels, sorted.
         n_features_in_, feature_names_in_: as everywhere in scikit-learn.
         module_, optimizer_, criterion_: the trained network, its optimizer and its loss.
+        scaler_: the ``torch.amp.GradScaler`` of fp16 (disabled at the other precisions).
         history_: one dict per epoch: ``epoch`` (from 1), ``train_loss``, and ``valid_loss`` with
             early stopping.
         n_epochs_: epochs trained since the last ``fit`` (or first ``partial_fit``).

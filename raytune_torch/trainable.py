@@ -6,7 +6,8 @@ without Ray; ``_ray.trial.RayReporter`` is the Ray implementation.
 Bring your own code at two depths:
 
 * ``train.step: pkg.mod:step`` — ``step(ctx, xb, yb) -> loss`` replaces the per-batch step
-  (``ctx`` is a :class:`~raytune_torch.loop.StepContext`: model, optimizer, loss_fn, device).
+  (``ctx`` is a :class:`~raytune_torch.loop.StepContext`: model, optimizer, loss_fn, device,
+  precision, and ``ctx.autocast()`` and ``ctx.scaler`` to train at ``train.precision``).
 * ``train.loop: pkg.mod:loop`` — ``loop(trial)`` replaces the whole loop; ``trial`` is a
   :class:`Trial`. Iterate ``trial.epochs()``, train as you like on ``trial.train_batches()``,
   and call ``trial.end_epoch(train_loss)`` once per epoch: it evaluates, reports, checkpoints,
@@ -33,7 +34,8 @@ import torch
 from . import checkpoint as ckpt
 from . import components as comp
 from .data import Splits, as_tensors, iterate_batches
-from .loop import StepContext, default_step, evaluate, train_epoch
+from .loop import StepContext, default_step, evaluate, make_scaler, train_epoch
+from .metrics import resolve_metrics
 
 __all__ = ["Reporter", "Trial", "run_trial", "experiment_trial", "derive_seed", "build_components", "preflight", "model_size"]
 
@@ -139,7 +141,11 @@ class Trial:
         self.shuffle = seed_everything(self.seed)
         self.model, self.optimizer, self.loss_fn, self.lr_scheduler = build_components(
             config, self.params, data.n_features, data.n_outputs, self.device)
-        self.step_ctx = StepContext(self.model, self.optimizer, self.loss_fn, self.device)
+        self.precision = config.train.precision
+        self.scaler = make_scaler(self.device, self.precision)
+        self.step_ctx = StepContext(self.model, self.optimizer, self.loss_fn, self.device,
+                                    precision=self.precision, scaler=self.scaler)
+        self.metrics = resolve_metrics(self.task, config.train.metrics, import_paths=config.import_paths)
         # Arrays (Splits) are indexed in memory; a Dataset source or a streamed table (the others
         # data.load_data returns) is read batch by batch by this trial itself.
         self._source: Any = None
@@ -168,7 +174,7 @@ class Trial:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "lr_scheduler": self.lr_scheduler.state_dict() if self.lr_scheduler is not None else None,
-            "scaler": None,
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
             "early_stopping": {"best": self.best, "bad_epochs": self.bad_epochs, "stopped": self.stopped_early},
             "rng": ckpt.capture_rng(self.shuffle),
             "params": self.params,
@@ -187,6 +193,8 @@ class Trial:
             self._apply_optimizer_params()  # PBT may have mutated them since the checkpoint
         if self.lr_scheduler is not None and state["lr_scheduler"] is not None:
             self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        if self.scaler.is_enabled() and state["scaler"] is not None:
+            self.scaler.load_state_dict(state["scaler"])
         self.epoch = int(state["epoch"])
         self.best = state["early_stopping"]["best"]
         self.bad_epochs = int(state["early_stopping"]["bad_epochs"])
@@ -238,8 +246,8 @@ class Trial:
         self.n_train = rows
 
     def evaluate(self) -> dict[str, float]:
-        return evaluate(self.model, self.val_batches(), self.loss_fn, self.device, self.task,
-                        self.config.train.metrics)
+        return evaluate(self.model, self.val_batches(), self.loss_fn, self.device, self.task, self.metrics,
+                        precision=self.precision)
 
     def _improved(self, value: float) -> bool:
         if self.best is None:
@@ -261,8 +269,8 @@ class Trial:
             "val_loss": float(val.pop("loss")),
             **{f"val_{k}": v for k, v in val.items()},
         }
-        for name in self.config.train.metrics:
-            metrics.setdefault(f"val_{name}", float("nan"))
+        for metric in self.metrics:
+            metrics.setdefault(f"val_{metric.name}", float("nan"))
         metrics["lr"] = float(self.optimizer.param_groups[0]["lr"])
         if self.lr_scheduler is not None and not diverged:
             if isinstance(self.lr_scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
@@ -404,10 +412,10 @@ def preflight(config: Any, data: Any, params: dict[str, Any]) -> None:
     """Build the components and run one training batch and one evaluation in this process.
 
     Raises :class:`~raytune_torch.exceptions.PreflightError` naming the cause (a broken import, a
-    model that does not fit the data's shape, a loss that does not fit the labels) before any
-    trial starts.
+    model that does not fit the data's shape, a loss that does not fit the labels, a metric that
+    raises or returns a non-number) before any trial starts. The batch runs at ``train.precision``.
     """
-    from .exceptions import PreflightError
+    from .exceptions import MetricError, PreflightError
 
     source = None if isinstance(data, Splits) else data
     if source is not None:
@@ -428,7 +436,8 @@ def preflight(config: Any, data: Any, params: dict[str, Any]) -> None:
         xb, yb = (t.to(trial.device) for t in source.preflight_batch(trial.batch_size))
     model_name = comp.describe(config.model.name)
     try:
-        out = trial.model(xb)
+        with trial.step_ctx.autocast():
+            out = trial.model(xb)
     except Exception as exc:
         integer = "" if xb.is_floating_point() else (
             f"; the features are {str(xb.dtype).replace('torch.', '')} (integer inputs such as token ids keep "
@@ -453,7 +462,8 @@ def preflight(config: Any, data: Any, params: dict[str, Any]) -> None:
     try:
         with _optimizer_without_compiler():
             trial.optimizer.zero_grad()
-        loss = trial.loss_fn(out, yb)
+        with trial.step_ctx.autocast():
+            loss = trial.loss_fn(out, yb)
         loss.backward()
     except Exception as exc:
         raise PreflightError(
@@ -471,5 +481,7 @@ def preflight(config: Any, data: Any, params: dict[str, Any]) -> None:
         comp.resolve(config.train.loop, what="train.loop", import_paths=config.import_paths)
     try:
         trial.evaluate()
+    except MetricError as exc:  # names the metric and what it did
+        raise PreflightError(str(exc)) from exc
     except Exception as exc:
         raise PreflightError(f"evaluating the model on the validation split failed: {type(exc).__name__}: {exc}") from exc

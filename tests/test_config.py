@@ -203,9 +203,10 @@ def test_grace_period_longer_than_training_and_other_problems():
         "reduction_factor, brackets)",
         "scheduler.reduction_factor: must be > 1.0, got 1.0",
         "resources.cpu: must be > 0.0, got 0.0",
-        "resources.gpu: a share above 1 must be a whole number of GPUs, got 1.5",
+        "resources.gpu: 1.5 asks for more than one GPU per trial",
         # the rules between sections come after every section is read
-        "train.metrics: 'mse' is not a classification metric (choose from accuracy, f1, roc_auc)",
+        "train.metrics: 'mse' is not a classification metric (choose from accuracy, f1, roc_auc, a scikit-learn "
+        "scorer name, or `package.module:function`)",
         "scheduler.grace_period: 5 is more than train.max_epochs (3); lower it or train longer",
     ]
     assert len(problems) == len(expected), problems

@@ -54,6 +54,7 @@ SECTION_VALUES = [
     TrainConfig(max_epochs=3, batch_size=8, metrics=("accuracy", "f1"),
                 early_stopping=EarlyStoppingConfig(patience=2, min_delta=0.5), step="pkg.mod:step"),
     TrainConfig(loop="pkg.mod:loop", early_stopping=EarlyStoppingConfig(patience=1)),
+    TrainConfig(precision="bf16", metrics=("balanced_accuracy", "neg_log_loss", "pkg.mod:kappa")),
     SearchConfig(),
     SearchConfig(algorithm="optuna", num_samples=5, metric="val_accuracy", mode="max", max_concurrent=2),
     *(SchedulerConfig.from_dict(name, Problems()) for name in SCHEDULERS),
@@ -260,7 +261,8 @@ def test_loss_fits_task():
 
 def test_metrics_fit_task_and_metric_is_reported():
     assert _rule(rules.metrics_fit_task, train={"metrics": ("accuracy", "mae")}) == [
-        "train.metrics: 'mae' is not a classification metric (choose from accuracy, f1, roc_auc)"]
+        "train.metrics: 'mae' is not a classification metric (choose from accuracy, f1, roc_auc, a scikit-learn "
+        "scorer name, or `package.module:function`)"]
     # a metric of the wrong task is not reported either
     assert _rule(rules.metric_is_reported, train={"metrics": ("accuracy", "mae")}, search={"metric": "val_mae"}) == [
         "search.metric: 'val_mae' is not reported; trials report train_loss, val_loss, "

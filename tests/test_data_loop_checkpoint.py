@@ -405,7 +405,7 @@ def test_train_epoch_returns_the_sample_weighted_mean():
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
-def test_train_epoch_stops_at_the_first_non_finite_loss(bad):
+def test_train_epoch_stops_at_the_first_check_after_a_non_finite_loss(bad):
     ctx = _ctx()
     X, y = _toy(50)
     calls = []
@@ -414,8 +414,8 @@ def test_train_epoch_stops_at_the_first_non_finite_loss(bad):
         calls.append(len(xb))
         return bad if len(calls) == 2 else 0.5
 
-    result = train_epoch(ctx, iterate_batches(X, y, 10, shuffle=False), step)
-    assert calls == [10, 10]  # the three batches after it never ran
+    result = train_epoch(ctx, iterate_batches(X, y, 10, shuffle=False), step, check_every=3)
+    assert calls == [10, 10, 10]  # the check after the third batch ends it; two batches never ran
     if math.isnan(bad):
         assert math.isnan(result)
     else:

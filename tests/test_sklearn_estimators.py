@@ -292,8 +292,8 @@ def test_verbose_prints_one_line_per_epoch(capsys):
     ({"max_epoch": 3}, "Got an unexpected argument max_epoch, did you mean max_epochs?"),
     ({"epochs": 3}, "Got an unexpected argument epochs, did you mean max_epochs?"),
     ({"hidden": 8}, "Got an unexpected argument hidden; TorchClassifier takes batch_size, criterion, device, "
-                    "early_stopping, lr, max_epochs, module, n_iter_no_change, optimizer, random_state, "
-                    "validation_fraction, verbose, and module__*, optimizer__* and criterion__* arguments."),
+                    "early_stopping, lr, max_epochs, module, n_iter_no_change, optimizer, precision, "
+                    "random_state, validation_fraction, verbose, and module__*, optimizer__* and criterion__* arguments."),
     ({"optimizer_lr": 0.1, "learning_rate": 0.1},
      "Got an unexpected argument learning_rate, did you mean lr?\n"
      "Got an unexpected argument optimizer_lr, did you mean optimizer__lr?"),

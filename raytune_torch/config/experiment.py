@@ -18,7 +18,7 @@ from .resources import ResourcesConfig
 from .rules import RULES
 from .scheduler import SchedulerConfig
 from .search import SearchConfig
-from .train import METRICS, TASKS, TrainConfig
+from .train import METRICS, TASKS, TrainConfig, direction, reported_name
 
 __all__ = ["ExperimentConfig", "Section", "SECTIONS"]
 
@@ -54,7 +54,7 @@ class ExperimentConfig:
     @property
     def metric_names(self) -> tuple[str, ...]:
         """Every metric a trial reports each epoch."""
-        return ("train_loss", "val_loss", *(f"val_{m}" for m in self.train.metrics))
+        return ("train_loss", "val_loss", *(f"val_{reported_name(m)}" for m in self.train.metrics))
 
     def with_overrides(self, **overrides: Any) -> ExperimentConfig:
         """A copy with CLI-style overrides applied and the result validated again."""
@@ -75,7 +75,7 @@ class ExperimentConfig:
         values = {key: section.parse(raw.get(key), problems)
                   for key, section in SECTIONS.items() if key in raw or key in required}
         values = {key: value for key, value in values.items() if value is not None or key in required}
-        config = cls(**_follow_the_task(values))
+        config = cls(**_follow_other_sections(values))
         for rule in RULES:
             problems.extend(rule(config))
         return config
@@ -91,15 +91,19 @@ class ExperimentConfig:
         return out
 
 
-def _follow_the_task(values: dict[str, Any]) -> dict[str, Any]:
-    """Fill in the defaults that follow another section: the task follows a bundled dataset, and
-    ``train.metrics`` the task (its first metric)."""
+def _follow_other_sections(values: dict[str, Any]) -> dict[str, Any]:
+    """Fill in the defaults that follow another section: the task follows a bundled dataset,
+    ``train.metrics`` the task (its first metric), and ``search.mode`` the search metric (None for
+    a metric of the user's own function: the rules ask for it)."""
     dataset = values["data"].dataset
     task = values.get("task") or BUNDLED_DATASETS.get(dataset if isinstance(dataset, str) else "", "classification")
     train = values.get("train", TrainConfig(metrics=None))
     if train.metrics is None:
         train = replace(train, metrics=METRICS[task][:1])
-    return {**values, "task": task, "train": train}
+    search = values.get("search", SearchConfig())
+    if search.mode is None and isinstance(search.metric, str):
+        search = replace(search, mode=direction(search.metric, train.metrics))
+    return {**values, "task": task, "train": train, "search": search}
 
 
 # -- the top-level keys that are not sections of their own ---------------------------------------
@@ -123,7 +127,7 @@ def _task(value: Any, problems: Problems) -> str | None:
     if value is not None and value not in TASKS:
         problems.add(f"task: must be one of {', '.join(TASKS)}, got {value!r}")
         return None
-    return value  # None: follows the data (see _follow_the_task)
+    return value  # None: follows the data (see _follow_other_sections)
 
 
 def _import_paths(value: Any, problems: Problems) -> tuple[str, ...] | None:

@@ -12,7 +12,8 @@ __all__ = ["ResourcesConfig"]
 
 @dataclass(frozen=True)
 class ResourcesConfig:
-    """Per-trial resources: CPUs (threads for torch) and a GPU share (0 < gpu <= 1, or whole GPUs)."""
+    """Per-trial resources: CPUs (threads for torch) and a GPU share, 0 <= gpu <= 1 (a trial trains on
+    one device; a fraction packs several trials onto one GPU)."""
 
     cpu: float = 1.0
     gpu: float = 0.0
@@ -26,8 +27,10 @@ class ResourcesConfig:
         cpu_fallback = problems.boolean("resources.cpu_fallback", res.get("cpu_fallback", cls.cpu_fallback))
         cpu = problems.typed("resources.cpu", res.get("cpu", cls.cpu), float, minimum=0.0, exclusive_min=True)
         gpu = problems.typed("resources.gpu", res.get("gpu", cls.gpu), float, minimum=0.0)
-        if gpu is not None and gpu > 1 and gpu != int(gpu):
-            problems.add(f"resources.gpu: a share above 1 must be a whole number of GPUs, got {gpu}")
+        if gpu is not None and gpu > 1:
+            problems.add(f"resources.gpu: {gpu:g} asks for more than one GPU per trial, but a trial trains on "
+                         f"one device, so the others would sit idle; use gpu <= 1 (a fraction such as 0.25 "
+                         f"packs several trials onto one GPU) until trials can train across several workers")
             gpu = None
         return cls(**given(cpu=cpu, gpu=gpu, cpu_fallback=cpu_fallback))
 

@@ -13,7 +13,7 @@ from .. import space as sp
 from ._problems import Problems
 from .data import BUNDLED_DATASETS
 from .scheduler import check_grace_period
-from .train import METRICS
+from .train import check_metrics, reported_name
 
 if TYPE_CHECKING:
     from .experiment import ExperimentConfig
@@ -24,6 +24,7 @@ __all__ = [
     "loss_fits_task",
     "metrics_fit_task",
     "metric_is_reported",
+    "mode_is_known",
     "searcher_takes_space",
     "grace_period_within_training",
     "hyperband_without_concurrency_limit",
@@ -52,21 +53,28 @@ def loss_fits_task(config: ExperimentConfig) -> list[str]:
 
 
 def metrics_fit_task(config: ExperimentConfig) -> list[str]:
-    """Each of ``train.metrics`` is a metric of the task."""
-    known = METRICS.get(config.task, ())
-    return [f"train.metrics: {m!r} is not a {config.task} metric{Problems.suggest(str(m), known)} "
-            f"(choose from {', '.join(known)})" for m in config.train.metrics or () if m not in known]
+    """Each of ``train.metrics`` is a metric of the task (built in or a scikit-learn scorer) or an
+    import path, and no two are reported under the same name."""
+    return check_metrics(config.task, config.train.metrics or ())[0]
 
 
 def metric_is_reported(config: ExperimentConfig) -> list[str]:
     """The search optimizes a metric that trials report."""
-    known = METRICS.get(config.task, ())
-    reported = ["train_loss", "val_loss", *(f"val_{m}" for m in config.train.metrics or () if m in known)]
+    valid = check_metrics(config.task, config.train.metrics or ())[1]
+    reported = ["train_loss", "val_loss", *(f"val_{reported_name(m)}" for m in valid)]
     metric = config.search.metric
     if metric in reported:
         return []
     return [f"search.metric: {metric!r} is not reported{Problems.suggest(str(metric), reported)}; trials report "
             f"{', '.join(reported)} (add the metric to train.metrics)"]
+
+
+def mode_is_known(config: ExperimentConfig) -> list[str]:
+    """A search metric from the user's own function comes with ``search.mode`` (left None when not written)."""
+    if config.search.mode is not None:
+        return []
+    return [f"search.mode: the search metric {config.search.metric!r} comes from a function of yours in "
+            f"train.metrics, so whether higher is better is yours to say; set search.mode: max or min"]
 
 
 def searcher_takes_space(config: ExperimentConfig) -> list[str]:
@@ -119,6 +127,7 @@ RULES: tuple[Callable[[ExperimentConfig], list[str]], ...] = (
     loss_fits_task,
     metrics_fit_task,
     metric_is_reported,
+    mode_is_known,
     searcher_takes_space,
     grace_period_within_training,
     hyperband_without_concurrency_limit,

@@ -7,7 +7,6 @@ from typing import Any
 
 from .. import space as sp
 from ._problems import Problems, field_names, given
-from .train import HIGHER_IS_BETTER
 
 __all__ = ["SearchConfig"]
 
@@ -15,12 +14,13 @@ __all__ = ["SearchConfig"]
 @dataclass(frozen=True)
 class SearchConfig:
     """The searcher (:data:`raytune_torch.space.SEARCHERS`), ``num_samples`` (>= 1) trials, and the
-    reported ``metric`` to ``mode`` (min or max; written or not, it follows the metric)."""
+    reported ``metric`` to ``mode`` (min or max). A ``mode`` not written is None here and follows
+    the metric once the experiment knows its metrics (:func:`raytune_torch.config.train.direction`)."""
 
     algorithm: str = "random"
     num_samples: int = 1
     metric: str = "val_loss"
-    mode: str = "min"
+    mode: str | None = None
     max_concurrent: int | None = None
 
     @classmethod
@@ -32,8 +32,8 @@ class SearchConfig:
         problems.one_of("search.algorithm", algorithm, sp.SEARCHERS, noun="searcher")
         num_samples = problems.typed("search.num_samples", search.get("num_samples", cls.num_samples), int, minimum=1)
         metric = search.get("metric", cls.metric)
-        mode = search.get("mode", "max" if str(metric).removeprefix("val_") in HIGHER_IS_BETTER else "min")
-        if mode not in ("min", "max"):
+        mode = search.get("mode")
+        if mode is not None and mode not in ("min", "max"):
             problems.add(f"search.mode: must be 'min' or 'max', got {mode!r}")
             mode = None
         max_concurrent = search.get("max_concurrent")

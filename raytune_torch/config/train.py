@@ -1,22 +1,108 @@
-"""The ``train:`` section: the training loop, its metrics and early stopping."""
+"""The ``train:`` section: the training loop, its precision, its metrics and early stopping."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import functools
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ._problems import Problems, field_names, given
 
-__all__ = ["TrainConfig", "EarlyStoppingConfig", "TASKS", "METRICS", "HIGHER_IS_BETTER"]
+__all__ = ["TrainConfig", "EarlyStoppingConfig", "TASKS", "METRICS", "HIGHER_IS_BETTER", "PRECISIONS",
+           "is_own", "reported_name", "scorer_tasks", "check_metrics", "direction"]
 
 TASKS = ("classification", "regression")
-# The metrics each task can report; the first is the one a trial reports when none are named.
+# The built-in metrics of each task; the first is the one a trial reports when none are named.
+# train.metrics also takes scikit-learn scorer names and `pkg.mod:fn` (raytune_torch.metrics).
 METRICS = {
     "classification": ("accuracy", "f1", "roc_auc"),
     "regression": ("mse", "mae", "r2"),
 }
 HIGHER_IS_BETTER = {"accuracy", "f1", "roc_auc", "r2"}
+# train.precision: float32 throughout, or autocast to bfloat16 / float16 (with a gradient scaler).
+PRECISIONS = ("32", "bf16", "fp16")
+
+
+def is_own(spec: Any) -> bool:
+    """Whether a ``train.metrics`` entry is a function of the user's (an import path or a callable)."""
+    return callable(spec) or (isinstance(spec, str) and ":" in spec)
+
+
+def reported_name(spec: Any) -> str:
+    """The name a metric is reported under, without ``val_``: a function's own name for an import path."""
+    if callable(spec):
+        return getattr(spec, "__name__", type(spec).__name__)
+    if is_own(spec):
+        return spec.rpartition(":")[2].rpartition(".")[2]
+    return str(spec)
+
+
+@functools.cache
+def scorer_tasks() -> Mapping[str, str]:
+    """Every scikit-learn scorer name and the task it fits: regression for the metrics of
+    ``sklearn.metrics._regression``, classification for the rest (they read labels or probabilities).
+    Imports scikit-learn on the first call."""
+    from sklearn.metrics import get_scorer, get_scorer_names
+
+    tasks = {}
+    for name in get_scorer_names():
+        module = getattr(getattr(get_scorer(name), "_score_func", None), "__module__", "") or ""
+        tasks[name] = "regression" if module.endswith("._regression") else "classification"
+    return tasks
+
+
+def _metric_problem(task: str, spec: Any) -> str | None:
+    """What is wrong with one entry of ``train.metrics`` for ``task``, or None."""
+    if callable(spec) or spec in METRICS.get(task, ()):
+        return None
+    if not isinstance(spec, str):
+        return f"train.metrics: {spec!r} is not a metric name, an import path or a function"
+    if is_own(spec):
+        module, _, attr = spec.partition(":")
+        return None if module and attr else f"train.metrics: {spec!r} is not an import path; write `package.module:function`"
+    scorers = scorer_tasks()
+    if scorers.get(spec) == task:
+        return None
+    if spec in scorers:
+        return f"train.metrics: {spec!r} is a scikit-learn scorer for {scorers[spec]}, but the task is {task}"
+    known = METRICS.get(task, ())
+    hint = Problems.suggest(spec, [*known, *(name for name, fits in scorers.items() if fits == task)])
+    return (f"train.metrics: {spec!r} is not a {task} metric{hint} (choose from {', '.join(known)}, a scikit-learn "
+            f"scorer name, or `package.module:function`)")
+
+
+def check_metrics(task: str, specs: Iterable[Any]) -> tuple[list[str], list[Any]]:
+    """The problems of ``train.metrics`` for ``task``, and the entries without one (each reported
+    name once; none reported as ``val_loss``)."""
+    problems, valid, seen = [], [], {}
+    for spec in specs:
+        problem, name = _metric_problem(task, spec), reported_name(spec)
+        if problem is None and name == "loss":
+            problem = f"train.metrics: {spec!r} would be reported as val_loss, the validation loss; rename the function"
+        if problem is None and name in seen:
+            problem = (f"train.metrics: {seen[name]!r} and {spec!r} would both be reported as val_{name}; "
+                       f"keep one (or rename your function)")
+        if problem is not None:
+            problems.append(problem)
+            continue
+        seen[name] = spec
+        valid.append(spec)
+    return problems, valid
+
+
+def direction(metric: str, specs: Sequence[Any]) -> str | None:
+    """``"max"`` or ``"min"`` for a reported metric (every scikit-learn scorer is higher-is-better);
+    None for one of the user's functions, whose direction only the user knows. A metric that is
+    not reported is ``"min"`` (and reported as a problem by the rules)."""
+    if metric in ("train_loss", "val_loss"):
+        return "min"
+    name = metric.removeprefix("val_")
+    if any(is_own(spec) and reported_name(spec) == name for spec in specs):
+        return None
+    if name in HIGHER_IS_BETTER or (name in specs and name in scorer_tasks()):
+        return "max"
+    return "min"
 
 
 @dataclass(frozen=True)
@@ -50,14 +136,17 @@ class EarlyStoppingConfig:
 class TrainConfig:
     """The training loop. One epoch is one Tune iteration.
 
-    ``metrics`` names metrics of the experiment's task (:data:`METRICS`); read from a file without
-    ``metrics``, it is None until the experiment fills in its task's first metric. ``step`` (one
-    batch) or ``loop`` (the whole loop) replace the built-in training, as ``pkg.mod:function``.
+    ``metrics`` names metrics of the experiment's task (:data:`METRICS`, scikit-learn scorer names,
+    ``pkg.mod:fn``; see :mod:`raytune_torch.metrics`); read from a file without ``metrics``, it is
+    None until the experiment fills in its task's first metric. ``precision`` is one of
+    :data:`PRECISIONS`. ``step`` (one batch) or ``loop`` (the whole loop) replace the built-in
+    training, as ``pkg.mod:function``.
     """
 
     max_epochs: int = 10
     batch_size: int = 64
-    metrics: tuple[str, ...] | None = ()
+    precision: str = "32"
+    metrics: tuple[Any, ...] | None = ()
     early_stopping: EarlyStoppingConfig | None = None
     step: str | Callable | None = None
     loop: str | Callable | None = None
@@ -69,6 +158,11 @@ class TrainConfig:
         problems.unknown("train", train, field_names(cls))
         max_epochs = problems.typed("train.max_epochs", train.get("max_epochs", cls.max_epochs), int, minimum=1)
         batch_size = problems.typed("train.batch_size", train.get("batch_size", cls.batch_size), int, minimum=1)
+        precision = train.get("precision", cls.precision)
+        if isinstance(precision, int) and not isinstance(precision, bool):
+            precision = str(precision)  # YAML reads `precision: 32` as a number
+        if not problems.one_of("train.precision", precision, PRECISIONS, noun="precision"):
+            precision = None
         metrics = train.get("metrics")
         if isinstance(metrics, str):
             metrics = [metrics]
@@ -85,13 +179,15 @@ class TrainConfig:
             problems.add("train: set `step` (your per-batch step) or `loop` (your whole loop), not both")
         return cls(
             metrics=None if metrics is None else tuple(metrics),
-            **given(max_epochs=max_epochs, batch_size=batch_size, step=train.get("step"), loop=train.get("loop"),
-                    early_stopping=early),
+            **given(max_epochs=max_epochs, batch_size=batch_size, precision=precision, step=train.get("step"),
+                    loop=train.get("loop"), early_stopping=early),
         )
 
     def to_dict(self) -> dict[str, Any]:
         """The section as the file writes it: unset parts left out."""
         out: dict[str, Any] = {"max_epochs": self.max_epochs, "batch_size": self.batch_size}
+        if self.precision != "32":
+            out["precision"] = self.precision
         if self.metrics is not None:
             out["metrics"] = list(self.metrics)
         if self.early_stopping is not None:
