@@ -25,7 +25,7 @@ def write_table(out: str | Path, rows: int = 200_000, features: int = 16, classe
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    centers = rng.normal(0, 1.5, size=(classes, features)).astype(np.float32)
+    centers = rng.normal(0, 0.3, size=(classes, features)).astype(np.float32)
     size = 0
     for part, start in enumerate(range(0, rows, rows_per_file)):
         n = min(rows_per_file, rows - start)

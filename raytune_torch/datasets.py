@@ -204,7 +204,7 @@ class DatasetSource:
                                  generator=generator if train else None, device=device, train=train)
             self._loaders[key] = loader
         if not train:
-            loader.generator = torch.Generator().manual_seed(0)  # evaluation leaves every RNG as it was
+            loader.generator = torch.Generator().manual_seed(0)  # its seed draws leave the trial's generator alone
         return (fix_batch(xb, yb, self.task) for xb, yb in loader)
 
     def preflight_batch(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -218,13 +218,12 @@ class DatasetSource:
         items = _read(built["train"], batch_size, "train dataset")
         _read(built["val"], 1, "val dataset")
         try:
-            xb, yb = torch.utils.data.default_collate(items)
+            xb, yb = fix_batch(*torch.utils.data.default_collate(items), self.task)
         except Exception as exc:
             raise PreflightError(
                 f"data: the first {len(items)} items of the train dataset cannot be batched together: "
-                f"{type(exc).__name__}: {exc}; every x must have the same shape (pad token ids to one "
-                f"length) and every y too") from exc
-        xb, yb = fix_batch(xb, yb, self.task)
+                f"{type(exc).__name__}: {exc}; every x must be a tensor or array of one shape (pad token ids "
+                f"to one length), and every y a number or an array of one shape") from exc
         if self.task == "classification":
             _check_class_indices(yb, self.n_outputs)
         return xb, yb

@@ -206,8 +206,13 @@ class ParquetStream:
 
     def preflight_batch(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The first training batch, in row-group order."""
-        for batch in self.batches("train", batch_size):
-            return batch
+        path, group, _ = self.pieces["train"][0]
+        try:
+            for batch in self.batches("train", batch_size):
+                return batch
+        except Exception as exc:
+            raise PreflightError(f"data: reading row group {group} of {path!r} as features {self.features} and label "
+                                 f"{self.label!r} failed: {type(exc).__name__}: {exc}") from exc
         raise PreflightError("data: the training row groups hold no rows")
 
 

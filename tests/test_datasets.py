@@ -114,6 +114,18 @@ def text():
     return "not data"
 
 
+class Ragged(Dataset):
+    def __len__(self):
+        return 20
+
+    def __getitem__(self, i):
+        return torch.zeros(1 + i % 3, dtype=torch.int64), i % 2
+
+
+def ragged():
+    return {"train": Ragged(), "val": Ragged()}
+
+
 def int_arrays():
     import numpy as np
     rng = np.random.default_rng(0)
@@ -328,6 +340,17 @@ def test_a_transform_that_raises_is_named_with_its_index(user):
                                f"the dataset's __getitem__ or one of its transforms)")
 
 
+def test_items_of_different_shapes_cannot_be_batched(user):
+    config = user_config(user, "ragged", num_classes=2)
+    with pytest.raises(PreflightError) as info:
+        preflight(config, load(config), {})
+    message = str(info.value)
+    assert message.startswith("data: the first 20 items of the train dataset cannot be batched together: "
+                              "RuntimeError: ")
+    assert message.endswith("; every x must be a tensor or array of one shape (pad token ids to one length), and "
+                            "every y a number or an array of one shape")
+
+
 def test_workers_need_a_picklable_dataset(user):
     config = user_config(user, "lambda_transform", loader={"num_workers": 2})
     source = load(config)
@@ -377,3 +400,39 @@ def test_nothing_is_written_when_the_data_is_bad(user, tmp_path):
     with pytest.raises(PreflightError):
         prepare(raw)
     assert not (tmp_path / "runs").exists()
+
+
+class Checkpoints(Reporter):
+    """Keeps a copy of every checkpoint and resumes from ``resume_from``."""
+
+    def __init__(self, root, resume_from=None):
+        super().__init__()
+        self.root, self.resume_from, self.saved = root, resume_from, {}
+
+    def report(self, metrics, checkpoint_dir):
+        super().report(metrics, checkpoint_dir)
+        if checkpoint_dir is not None:
+            import shutil
+
+            self.saved[metrics["epoch"]] = shutil.copytree(checkpoint_dir, self.root / f"epoch_{metrics['epoch']}")
+
+    @contextlib.contextmanager
+    def checkpoint_dir(self):
+        yield None if self.resume_from is None else str(self.resume_from)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_from_a_checkpoint_sees_the_same_augmented_batches(tmp_path, workers):
+    config = make_config(data={"factory": "examples.images:shapes", "factory_args": {"n": 160},
+                               "loader": {"num_workers": workers}},
+                         model={"name": "examples.images:SmallCNN", "args": {"channels": 4}},
+                         train={"max_epochs": 3})
+    source = load(config)
+    whole = Checkpoints(tmp_path / "whole")
+    run_trial({}, config, source, whole)
+    torch.manual_seed(999)  # the resuming process has RNG state of its own
+    resumed = Checkpoints(tmp_path / "resumed", resume_from=whole.saved[1])
+    run_trial({}, config, source, resumed)
+    timing = {"epoch_time_s", "samples_per_s"}
+    assert [{k: v for k, v in m.items() if k not in timing} for m in resumed.metrics] == \
+        [{k: v for k, v in m.items() if k not in timing} for m in whole.metrics[1:]]

@@ -171,3 +171,17 @@ def test_standardize_and_missing_columns_are_refused(table):
     with pytest.raises(PreflightError) as info:
         load_data(DataConfig(parquet=table, label="y", stream=True), "classification", 0)
     assert str(info.value) == f"data.label: column 'y' is not in {table!r} (columns: row, x, label)"
+
+
+def test_a_column_that_is_not_numeric_fails_in_the_preflight(tmp_path):
+    t = pa.table({"name": ["a", "b"] * 100, "x": np.arange(200.0), "label": np.arange(200) % 2})
+    pq.write_table(t, tmp_path / "t.parquet", row_group_size=50)
+    config = load_config({"name": "s", "data": {"parquet": str(tmp_path / "t.parquet"), "label": "label",
+                                                "stream": True},
+                          "model": {"name": "examples.models:MLP"}})
+    data = load_data(config.data, config.task, config.seed)
+    with pytest.raises(PreflightError) as info:
+        preflight(config, data, {})
+    path, group, _ = data.pieces["train"][0]
+    assert str(info.value).startswith(f"data: reading row group {group} of {path!r} as features ['name', 'x'] and "
+                                      f"label 'label' failed: ValueError: ")
