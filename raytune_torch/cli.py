@@ -27,7 +27,7 @@ _OVERRIDE_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--name", "name", str, "the run's name"),
     ("--seed", "seed", int, "the experiment seed"),
     ("--cpus-per-trial", "cpus_per_trial", float, "CPUs per trial (also torch threads)"),
-    ("--gpus-per-trial", "gpus_per_trial", float, "GPU share per trial, e.g. 0.25"),
+    ("--gpus-per-trial", "gpus_per_trial", float, "GPU share per trial, at most 1, e.g. 0.25"),
     ("--max-concurrent", "max_concurrent", int, "trials running at once at most"),
     ("--metric", "metric", str, "the metric to optimise, e.g. val_accuracy"),
     ("--mode", "mode", str, "min or max (follows the metric by default)"),

@@ -6,9 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import yaml
 from sklearn import metrics as skm
 from scipy.special import softmax
 
+from raytune_torch.cli import main
 from raytune_torch.config import Problems, TrainConfig, load_config
 from raytune_torch.config.train import PRECISIONS, check_metrics, direction, reported_name, scorer_tasks
 from raytune_torch.exceptions import ConfigError, MetricError
@@ -216,3 +218,10 @@ def test_more_than_one_gpu_per_trial_is_refused():
         "resources.gpu: 1.5 asks for more than one GPU per trial")
     assert load_config({**MINIMAL, "resources": {"gpu": 1}}).resources.gpu == 1.0
     assert load_config(MINIMAL, gpus_per_trial=0.25).resources.gpu == 0.25
+
+
+def test_the_cli_refuses_more_than_one_gpu_per_trial(tmp_path, capsys):
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(MINIMAL))
+    assert main(["validate", str(path), "--gpus-per-trial", "2"]) == 2
+    assert f"1 problem in {path}:\n  - {GPU_REFUSED}" in capsys.readouterr().err
