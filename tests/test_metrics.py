@@ -135,8 +135,10 @@ def test_metrics_of_every_kind_load():
     cfg = load_config({**MINIMAL, "train": {"metrics": ["balanced_accuracy", "neg_log_loss", "pkg.mod:kappa"]},
                        "search": {"metric": "val_kappa", "mode": "max"}})
     assert cfg.metric_names == ("train_loss", "val_loss", "val_balanced_accuracy", "val_neg_log_loss", "val_kappa")
-    assert load_config({**MINIMAL, "task": "regression", "data": {"dataset": "diabetes"},
-                        "train": {"metrics": ["neg_mean_absolute_error"]}}).train.metrics == ("neg_mean_absolute_error",)
+    regression = load_config({**MINIMAL, "task": "regression", "data": {"dataset": "diabetes"},
+                              "train": {"metrics": ["neg_mean_absolute_error"]},
+                              "search": {"metric": "val_neg_mean_absolute_error"}})
+    assert regression.train.metrics == ("neg_mean_absolute_error",) and regression.search.mode == "max"
 
 
 @pytest.mark.parametrize("metrics, metric, mode", [

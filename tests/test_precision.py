@@ -51,7 +51,8 @@ class Reporter:
     def report(self, metrics, checkpoint_dir):
         self.metrics.append(dict(metrics))
         if checkpoint_dir is not None:
-            self.checkpoints[metrics["epoch"]] = Path(shutil.copytree(checkpoint_dir, self.root / f"e{metrics['epoch']}"))
+            dest = self.root / f"epoch_{metrics['epoch']}"
+            self.checkpoints[metrics["epoch"]] = Path(shutil.copytree(checkpoint_dir, dest))
         if self.crash_after is not None and metrics["epoch"] >= self.crash_after:
             raise Crash(f"simulated crash after epoch {metrics['epoch']}")
 

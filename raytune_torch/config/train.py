@@ -60,7 +60,9 @@ def _metric_problem(task: str, spec: Any) -> str | None:
         return f"train.metrics: {spec!r} is not a metric name, an import path or a function"
     if is_own(spec):
         module, _, attr = spec.partition(":")
-        return None if module and attr else f"train.metrics: {spec!r} is not an import path; write `package.module:function`"
+        if module and attr:
+            return None
+        return f"train.metrics: {spec!r} is not an import path; write `package.module:function`"
     scorers = scorer_tasks()
     if scorers.get(spec) == task:
         return None
