@@ -28,9 +28,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-#: the optional tweaks of raytune_torch._ray.internals (and trainable's optimizer one)
-TWEAKS = ("no_idle_daemons", "preloaded_workers", "local_actor_env", "checkpoint_from_result",
-          "checkpoint_in_place", "report_ahead", "optimizer_no_compiler")
+#: the tweaks of raytune_torch._ray.internals that only buy speed
+TWEAKS = ("no_idle_daemons", "preloaded_workers", "checkpoint_from_result")
 
 CHILD = r"""
 import json, sys, tempfile, time
@@ -83,10 +82,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--before", help="a checkout of other code to run as 'before'")
     p.add_argument("--only", help="comma-separated configuration names (default: all)")
+    p.add_argument("--with", dest="extra", action="append", default=[], metavar="NAME=TWEAKS",
+                   help="another configuration: NAME runs with only TWEAKS (comma-separated) on; repeatable")
     p.add_argument("--timeout", type=float, default=600)
     p.add_argument("--out", help="write the JSON report here")
     args = p.parse_args(argv)
     configs = configurations(args.before)
+    for item in args.extra:
+        name, _, tweaks = item.partition("=")
+        configs[name] = (str(ROOT), tweaks or "off")
     if args.only:
         configs = {k: v for k, v in configs.items() if k in args.only.split(",")}
     runs: dict[str, list[dict]] = {name: [] for name in configs}

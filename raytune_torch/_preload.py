@@ -7,7 +7,7 @@ Tune's function trainable and this package's trial code) moves about a second pe
 critical path: it runs while the driver loads the data and sets up the Tuner.
 
 A worker that is done says so with a file named after its PID in the directory the driver gave
-(``_ray._WorkersReady``); the driver starts the Tuner when every worker is ready.
+(``_ray.local._WorkersReady``); the driver starts the Tuner when every worker is ready.
 """
 
 import os

@@ -52,11 +52,7 @@ class Reporter(Protocol):
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
         """Hand over one epoch's metrics, and the checkpoint saved with them (a directory the
-        reporter copies, unless it is the one ``checkpoint_place`` gave)."""
-
-    def checkpoint_place(self) -> str | None:
-        """An empty directory on the reporter's storage to save the next checkpoint into, so that
-        ``report`` need not copy it; None to save into a temporary directory."""
+        reporter copies before it returns)."""
 
     def checkpoint_dir(self) -> contextlib.AbstractContextManager[str | None]:
         """A local directory holding the checkpoint to resume from (None to start fresh)."""
@@ -304,17 +300,7 @@ class Trial:
         return stop
 
     def _report_checkpoint(self, metrics: dict[str, Any]) -> None:
-        """Save the full state and report it with ``metrics``: straight into the reporter's
-        storage when it offers a place there, else through a temporary directory it copies."""
-        directory = self.reporter.checkpoint_place()
-        if directory is not None:
-            try:
-                ckpt.save_state(directory, self.state())
-            except BaseException:
-                shutil.rmtree(directory, ignore_errors=True)  # no half-written folder left on storage
-                raise
-            self.reporter.report(metrics, directory)
-            return
+        """Save the full state to a temporary directory and report it with ``metrics``."""
         directory = tempfile.mkdtemp(prefix="rtt-ckpt-")
         try:
             ckpt.save_state(directory, self.state())
@@ -363,49 +349,9 @@ class _NullReporter:
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
         pass
 
-    def checkpoint_place(self) -> None:
-        return None
-
     @contextlib.contextmanager
     def checkpoint_dir(self):
         yield None
-
-
-# The torch.optim.Optimizer methods the preflight batch calls that torch wraps in
-# ``torch._disable_dynamo``; the wrapper imports torch._dynamo (sympy and the compiler stack) on its
-# first call: about 0.9 CPU-s, spent in the driver while Ray's workers import torch on a small
-# machine, only to tell a compiler that is not running to leave these methods alone.
-_DYNAMO_DISABLED_OPTIMIZER_METHODS = ("add_param_group", "zero_grad")
-
-
-@contextlib.contextmanager
-def _optimizer_without_compiler() -> Iterator[None]:
-    """Build an optimizer and zero its gradients without importing torch's compiler.
-
-    While ``torch._dynamo`` has not been imported nothing in this process is being compiled, so
-    ``torch._dynamo.disable(fn)`` would behave as ``fn``; torch caches that wrapper on ``fn`` as
-    ``__dynamo_disable``, and it is set to ``fn`` itself for the duration. Removed again on exit,
-    so any later call (and a compiler imported meanwhile by the user's code) gets torch's own
-    wrapper. When torch's internals differ from this, nothing is set and torch imports its
-    compiler as before.
-    """
-    import sys
-
-    patched = []
-    chosen = os.environ.get("RAYTUNE_TORCH_RAY_INTERNALS", "on").lower()
-    wanted = chosen in ("", "on", "all") or "optimizer_no_compiler" in chosen.split(",")
-    if wanted and "torch._dynamo" not in sys.modules:
-        for name in _DYNAMO_DISABLED_OPTIMIZER_METHODS:
-            fn = getattr(getattr(torch.optim.Optimizer, name, None), "__wrapped__", None)
-            if callable(fn) and not hasattr(fn, "__dynamo_disable"):
-                fn.__dynamo_disable = fn
-                patched.append(fn)
-    try:
-        yield
-    finally:
-        for fn in patched:
-            if getattr(fn, "__dynamo_disable", None) is fn:
-                del fn.__dynamo_disable
 
 
 def preflight(config: Any, data: Any, params: dict[str, Any]) -> None:
@@ -422,8 +368,7 @@ def preflight(config: Any, data: Any, params: dict[str, Any]) -> None:
         data = source.in_process()  # no DataLoader worker processes are started in the driver
 
     try:
-        with _optimizer_without_compiler():
-            trial = Trial(config, params, data, _NullReporter())
+        trial = Trial(config, params, data, _NullReporter())
     except PreflightError:
         raise
     except Exception as exc:
@@ -460,8 +405,7 @@ def preflight(config: Any, data: Any, params: dict[str, Any]) -> None:
             f"the model {model_name} outputs shape {tuple(out.shape)} but the targets have shape "
             f"{tuple(yb.shape)}; make the output match the targets (a loss would broadcast them silently)")
     try:
-        with _optimizer_without_compiler():
-            trial.optimizer.zero_grad()
+        trial.optimizer.zero_grad()
         with trial.step_ctx.autocast():
             loss = trial.loss_fn(out, yb)
         loss.backward()

@@ -146,6 +146,11 @@ def _run_on_ray(config: ExperimentConfig, shared: Any, data: Splits, plan: Any, 
         plan = _ray.build_search(config, lambda point: model_size(config, point, data))
     storage = st.absolute(config.storage)
     run_dir = st.join(storage, config.name)
+    _echo(f"raytune-torch: {config.name}: {plan.total} trial(s), search={config.search.algorithm}, "
+          f"scheduler={config.scheduler.name}, metric={config.search.metric} ({config.search.mode}), "
+          f"{config.train.max_epochs} epoch(s) max; data: {data.describe()}", quiet)
+    if plan.note:
+        _echo(f"raytune-torch: {plan.note}", quiet)
     fresh = not st.exists(run_dir)
     try:
         _check_cluster(config, run_dir, quiet)
@@ -157,11 +162,6 @@ def _run_on_ray(config: ExperimentConfig, shared: Any, data: Splits, plan: Any, 
     saved = _serializable(config_to_dict(config))
     saved["storage"] = storage
     Path(local_dir, "experiment.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
-    _echo(f"raytune-torch: {config.name}: {plan.total} trial(s), search={config.search.algorithm}, "
-          f"scheduler={config.scheduler.name}, metric={config.search.metric} ({config.search.mode}), "
-          f"{config.train.max_epochs} epoch(s) max; data: {data.describe()}", quiet)
-    if plan.note:
-        _echo(f"raytune-torch: {plan.note}", quiet)
 
     def tune() -> Any:
         console = [] if quiet else [_ray.ConsoleCallback(config.search.metric, plan.total,

@@ -98,19 +98,6 @@ def test_quick_benchmark_reports_every_arm(tmp_path):
     assert "reference epochs at once (mlp, lr=0.01,hidden=64)" in stdout
 
 
-def test_checkpoint_cost_prints_both_ways_side_by_side():
-    proc = subprocess.run([sys.executable, "benchmarks/checkpoint_cost.py", "--repeat", "3"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
-    assert lines[0].startswith("| workload | state | one epoch | checkpoint in place | via a temporary directory |")
-    rows = {line.split("|")[1].split()[0]: [c.strip() for c in line.split("|")[2:-1]] for line in lines[1:]}
-    assert set(rows) == {"mlp", "cnn"}
-    for cells in rows.values():
-        state_kb, epoch_ms, place_ms, temporary_ms = (float(c.split()[0]) for c in cells[:4])
-        assert state_kb > 0 and epoch_ms > 0 and place_ms > 0 and temporary_ms > 0
-
-
 def _bench_run_module():
     sys.path.insert(0, str(ROOT))
     from benchmarks import run

@@ -184,6 +184,41 @@ def test_missing_or_wrong_token_is_a_clear_error_at_once(cluster, tmp_path):
     assert url.returncode == 2 and "is a dashboard (Jobs API) URL" in url.stderr
 
 
+LOCAL_THEN_CLUSTER = """
+import json, sys
+import raytune_torch as rt
+from raytune_torch._ray import internals
+from ray._private import ray_constants
+from ray.tune.execution import class_cache
+
+stock = (class_cache._ActorClassCache.get, ray_constants.ENABLE_RAY_CLUSTER)
+local, remote, address, token = json.loads(sys.argv[1])
+rt.run(local, quiet=True)  # the private instance, with the tweaks this Ray allows, then shut down
+after_local = {"left": internals.in_effect(),
+               "restored": (class_cache._ActorClassCache.get, ray_constants.ENABLE_RAY_CLUSTER) == stock}
+result = rt.run(remote, quiet=True, address=address, token_file=token)
+print(json.dumps({**after_local, "trials": int(result.table["trial_id"].nunique()),
+                  "nodes": sorted(set(result.table["node_id"]))}))
+"""
+
+
+def test_a_local_run_then_a_cluster_run_in_the_same_process(cluster, tmp_path):
+    """The private instance's changes to Ray are undone at its shutdown: the same process then
+    joins a cluster with Ray's stock behaviour, and its trials run on the cluster's nodes."""
+    local = _experiment(tmp_path, "local-first", lrs=(0.01,))
+    local["storage"] = str(tmp_path / "local-runs")
+    remote = _experiment(tmp_path, "then-cluster", lrs=(0.003, 0.03))
+    env = _clean_env(tmp_path)
+    proc = subprocess.run([sys.executable, "-c", LOCAL_THEN_CLUSTER,
+                           json.dumps([local, remote, cluster.gcs_address, cluster.token_file])],
+                          capture_output=True, text=True, env=env, cwd=str(ROOT), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["left"] == [] and out["restored"] is True, out
+    assert out["trials"] == 2
+    assert set(out["nodes"]) <= {cluster.node("w1").node_id, cluster.node("w2").node_id}
+
+
 def _history(run_dir: Path) -> list[dict]:
     rows = []
     for path in run_dir.glob("trial_*/history.jsonl"):

@@ -1,5 +1,5 @@
 """The files in cluster/: every one loads, the launcher files pass Ray's own schema, the KubeRay
-manifests pin the Ray that raytune-torch pins, and the secure defaults hold (token auth on every
+manifests pin the newest Ray that raytune-torch is tested with, and the secure defaults hold (token auth on every
 node, dashboard on loopback or ClusterIP only, SSH-only ingress, no secrets in any file).
 
 Fast: no cluster is started and nothing is contacted.
@@ -54,23 +54,24 @@ def rel(path: Path) -> str:
 
 
 def pinned_ray_version() -> str:
-    """The Ray version in pyproject.toml's `ray[...]==X.Y.Z` dependency; fails unless it is exact."""
+    """The Ray version the cluster files name: the newest release of the range that pyproject.toml's
+    `ray[...]>=A.B,<C.D` dependency allows and CI tests (raytune_torch._ray.version.NEWEST)."""
     if sys.version_info >= (3, 11):
         import tomllib
     else:  # pragma: no cover - Python 3.10
         tomllib = pytest.importorskip("tomli")
+    from raytune_torch._ray import version
+
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     ray_deps = [d for d in project.get("dependencies", []) if d.replace(" ", "").startswith("ray[")]
     if len(ray_deps) != 1:
         pytest.fail(f"pyproject.toml: expected one `ray[...]` entry in [project].dependencies, got {ray_deps!r}")
-    requirement = ray_deps[0].split(";")[0].strip()
-    match = re.fullmatch(r"ray\[[^\]]*\]\s*==\s*(\d+\.\d+\.\d+)", requirement)
-    if match is None:
-        pytest.fail(
-            f"pyproject.toml pins Ray as {requirement!r}; the cluster files name one Ray version (images, "
-            f"rayVersion), so the dependency must be an exact pin such as 'ray[tune]==2.60.0'"
-        )
-    return match.group(1)
+    requirement = ray_deps[0].split(";")[0].replace(" ", "")
+    low, high = version.OLDEST, version.NEWEST
+    expected = f"ray[tune]>={low[0]}.{low[1]},<{high[0]}.{high[1] + 1}"
+    if requirement != expected:
+        pytest.fail(f"pyproject.toml asks for {requirement!r}; the tested range is {expected!r}")
+    return f"{high[0]}.{high[1]}.0"
 
 
 def image_ray_version(image: str) -> str:

@@ -162,5 +162,5 @@ def test_a_killed_drivers_worker_directory_is_removed_by_the_next_run(tmp_path):
     for folder in (stale, alive):
         folder.mkdir()
         (folder / "123").touch()
-    _ray._WorkersReady._remove_stale(str(tmp_path))
+    _ray.local._WorkersReady._remove_stale(str(tmp_path))
     assert not stale.exists() and alive.exists()

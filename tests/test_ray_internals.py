@@ -72,19 +72,24 @@ print(json.dumps({"applied": applied, "changed": sorted(k for k in before if bef
 """)
     assert all(out["applied"].values()), out
     assert out["changed"] == ["ENABLE_RAY_CLUSTER", "RayParams", "_ActorClassCache.get", "_checkpoint_trial_if_needed",
-                              "env", "persist_current_checkpoint", "start_api_server"], out
+                              "env", "start_api_server"], out
     assert out["restored"] is True and out["left"] == [], out
 
 
-def test_internals_off_keeps_ray_stock_but_loopback():
+@pytest.mark.parametrize("chosen, applied", [
+    ("off", ["loopback", "quiet_token_auth"]),
+    ("preloaded_workers", ["loopback", "preloaded_workers", "quiet_token_auth"]),
+    ("no_idle_daemons,checkpoint_from_result", ["checkpoint_from_result", "loopback", "no_idle_daemons",
+                                                "quiet_token_auth"]),
+])
+def test_internals_can_be_turned_off_but_loopback(chosen, applied):
     out = _child("""
-before = targets()
 from raytune_torch._ray import internals
 applied = {t.name: t.apply() for t in internals.ALL}
 print(json.dumps({"applied": sorted(k for k, v in applied.items() if v)}))
 internals.undo_all()
-""", RAYTUNE_TORCH_RAY_INTERNALS="off")
-    assert out["applied"] == ["loopback", "quiet_token_auth"]
+""", RAYTUNE_TORCH_RAY_INTERNALS=chosen)
+    assert out["applied"] == applied
 
 
 class _Unverified(internals.Tweak):

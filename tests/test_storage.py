@@ -146,61 +146,6 @@ def test_mirror_uploads_in_the_background_during_a_run(s3_env, tmp_path, caplog)
         broken.sync()
 
 
-def _trial_state(epoch: int) -> dict:
-    import torch
-
-    from raytune_torch import checkpoint as ckpt
-
-    model = torch.nn.Linear(3, 2)
-    return {"format": ckpt.FORMAT, "epoch": epoch, "model": model.state_dict(),
-            "optimizer": torch.optim.SGD(model.parameters(), lr=0.1).state_dict(), "lr_scheduler": None,
-            "scaler": None, "early_stopping": {"best": None, "bad_epochs": 0}, "rng": ckpt.capture_rng(),
-            "params": {}, "trial_seed": 1, "history": []}
-
-
-def test_checkpoints_are_written_in_place_on_a_local_disk_and_copied_to_object_storage(s3_env, tmp_path):
-    """Tune's storage of a trial, as its worker sees it: on a local disk the trial saves into the
-    folder Tune persists to, and Tune's copy (onto itself, which would truncate the files) is
-    skipped; on object storage there is no such folder and Tune copies as usual."""
-    from ray import tune
-    from ray.train._internal.storage import StorageContext
-
-    from raytune_torch import _ray
-    from raytune_torch import checkpoint as ckpt
-
-    local = StorageContext(str(tmp_path / "runs"), "exp", trial_dir_name="trial_x")
-    trial_dir = tmp_path / "runs" / "exp" / "trial_x"
-    for epoch in (1, 2):
-        place = _ray._checkpoint_place(local)
-        assert place == str(trial_dir / f"checkpoint_{epoch - 1:06d}") and os.listdir(place) == []
-        ckpt.save_state(place, _trial_state(epoch))
-        before = os.stat(Path(place) / "state.pt")
-        local._update_checkpoint_index({})  # what Tune's report does, then it persists
-        persisted = local.persist_current_checkpoint(tune.Checkpoint.from_directory(place))
-        assert persisted.path == place
-        after = os.stat(Path(place) / "state.pt")
-        assert (after.st_ino, after.st_mtime_ns, after.st_size) == (before.st_ino, before.st_mtime_ns, before.st_size)
-        assert ckpt.load_state(place)["epoch"] == epoch
-    # A folder left under the next index (a killed driver's Tune state lagging the disk) is
-    # replaced by an empty one, pruned marker and all.
-    stale = trial_dir / "checkpoint_000002"
-    stale.mkdir()
-    (stale / "PRUNED").write_text("x")
-    (stale / "state.json").write_text("{}")
-    assert _ray._checkpoint_place(local) == str(stale) and os.listdir(stale) == []
-
-    remote = StorageContext("s3://runs/in-place", "exp", trial_dir_name="trial_y")
-    assert remote.storage_filesystem.type_name == "s3"
-    assert _ray._checkpoint_place(remote) is None  # the trial writes to a temporary directory ...
-    staged = tmp_path / "staged"
-    ckpt.save_state(staged, _trial_state(3))
-    remote._update_checkpoint_index({})
-    persisted = remote.persist_current_checkpoint(tune.Checkpoint.from_directory(str(staged)))
-    assert sorted(_objects("s3://runs/in-place/exp/trial_y/checkpoint_000000")) == ["state.json", "state.pt"]
-    with persisted.as_directory() as copied:  # ... that Tune copies to the bucket
-        assert ckpt.load_state(copied)["epoch"] == 3
-
-
 # -- real Ray (each driver a subprocess with its own private instance) ------------------------
 
 

@@ -7,7 +7,6 @@ import copy
 import math
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ from raytune_torch import checkpoint as ckpt
 from raytune_torch.config import load_config
 from raytune_torch.data import load_splits
 from raytune_torch.exceptions import ConfigError, PreflightError
-from raytune_torch.trainable import Trial, build_components, derive_seed, preflight, run_trial
+from raytune_torch.trainable import build_components, derive_seed, preflight, run_trial
 
 METRIC_KEYS = {"epoch", "train_loss", "val_loss", "val_accuracy", "lr", "epoch_time_s", "samples_per_s",
                "trial_seed", "diverged", "early_stopped", "device"}
@@ -51,9 +50,6 @@ class FakeReporter:
         self.given: list[str | None] = []
         self.checkpoints: dict[int, Path] = {}
         self.replay_after = None
-
-    def checkpoint_place(self):
-        return None
 
     def report(self, metrics, checkpoint_dir):
         self.metrics.append(dict(metrics))
@@ -134,51 +130,6 @@ def test_one_report_per_epoch(tmp_path, digits):
         assert state["epoch"] == epoch and state["params"] == params
         assert state["trial_seed"] == reporter.metrics[0]["trial_seed"]
     state_dicts_equal(ckpt.load_state(reporter.checkpoints[3])["model"], trial.model.state_dict())
-
-
-class PlacingReporter(FakeReporter):
-    """Offers a folder of its own storage for each checkpoint (as Ray's reporter does on a local
-    disk) and keeps what the trial wrote there instead of copying it."""
-
-    def __init__(self, root: Path) -> None:
-        super().__init__(root)
-        self.places: list[Path] = []
-
-    def checkpoint_place(self):
-        place = self.root / f"checkpoint_{len(self.places):06d}"
-        place.mkdir()
-        self.places.append(place)
-        return str(place)
-
-    def report(self, metrics, checkpoint_dir):
-        self.metrics.append(dict(metrics))
-        self.given.append(checkpoint_dir)
-        if checkpoint_dir is not None:
-            self.checkpoints[metrics["epoch"]] = Path(checkpoint_dir)
-
-
-def test_checkpoints_are_written_where_the_reporter_places_them(tmp_path, digits, monkeypatch):
-    cfg = make_config(checkpoint={"every": 2})
-    reporter = PlacingReporter(tmp_path / "storage")
-    temporary = []
-    real_mkdtemp = tempfile.mkdtemp
-    monkeypatch.setattr(tempfile, "mkdtemp", lambda *a, **k: temporary.append(1) or real_mkdtemp(*a, **k))
-    trial = run_trial({"optimizer__lr": 0.01}, cfg, digits, reporter)
-    assert temporary == []  # no temporary directory, no copy
-    assert reporter.given == [None, str(reporter.places[0]), str(reporter.places[1])]
-    assert [ckpt.load_state(p)["epoch"] for p in reporter.places] == [2, 3]  # kept in place, complete
-    state_dicts_equal(ckpt.load_state(reporter.places[1])["model"], trial.model.state_dict())
-
-
-def test_a_checkpoint_that_cannot_be_saved_leaves_no_folder_in_place(tmp_path, digits):
-    cfg = make_config(train={"max_epochs": 1})
-    reporter = PlacingReporter(tmp_path / "storage")
-    trial = Trial(cfg, {}, digits, reporter)
-    trial.state = lambda: {**Trial.state(trial), "epoch": object()}  # save_state's int(epoch) fails
-    with pytest.raises(TypeError):
-        trial.end_epoch(0.5)
-    assert len(reporter.places) == 1 and not reporter.places[0].exists()
-    assert reporter.metrics == []
 
 
 def test_checkpoint_every_two_epochs_and_at_the_end(tmp_path, digits):
@@ -425,57 +376,6 @@ def test_custom_loop_from_an_import_path(tmp_path, digits, user_module):
 
 def test_preflight_passes_for_a_good_experiment(digits):
     assert preflight(make_config(), digits, {"optimizer__lr": 0.01, "module__hidden": 8}) is None
-
-
-PREFLIGHT_WITHOUT_COMPILER = """
-import json, sys, torch
-sys.path.insert(0, ".")
-from raytune_torch.tuner import prepare
-from raytune_torch.trainable import _DYNAMO_DISABLED_OPTIMIZER_METHODS
-
-experiment = json.loads(sys.argv[1])
-prepare(experiment)
-imported_by_preflight = "torch._dynamo" in sys.modules
-left_behind = [name for name in _DYNAMO_DISABLED_OPTIMIZER_METHODS
-               if hasattr(getattr(torch.optim.Optimizer, name).__wrapped__, "__dynamo_disable")]
-# Afterwards an optimizer goes through torch's own wrappers (which import the compiler).
-model = torch.nn.Linear(3, 1)
-opt = torch.optim.Adam(model.parameters(), lr=0.1)
-model(torch.ones(2, 3)).sum().backward()
-opt.step()
-opt.zero_grad()
-print(json.dumps({"imported_by_preflight": imported_by_preflight, "left_behind": left_behind,
-                  "imported_after": "torch._dynamo" in sys.modules,
-                  "wrapped": [getattr(getattr(torch.optim.Optimizer, name).__wrapped__, "__dynamo_disable",
-                                      None) is not None for name in _DYNAMO_DISABLED_OPTIMIZER_METHODS]}))
-"""
-
-
-def test_preflight_builds_the_optimizer_without_importing_torchs_compiler():
-    """torch's optimizer methods import torch._dynamo (about 0.9 CPU-s) on their first call; the
-    driver's preflight batch does without, and leaves torch as it found it."""
-    import json
-    import subprocess
-
-    root = Path(__file__).resolve().parents[1]
-    experiment = {**BASE, "space": {"optimizer__lr": {"type": "grid", "values": [0.01]}}}
-    proc = subprocess.run([sys.executable, "-c", PREFLIGHT_WITHOUT_COMPILER, json.dumps(experiment)], cwd=root,
-                          capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert report == {"imported_by_preflight": False, "left_behind": [], "imported_after": True,
-                      "wrapped": [True, True]}, report
-
-
-def test_preflight_with_the_compiler_already_imported_changes_nothing(digits):
-    import torch._dynamo  # noqa: F401
-
-    from raytune_torch import trainable
-
-    methods = [getattr(torch.optim.Optimizer, name).__wrapped__ for name in trainable._DYNAMO_DISABLED_OPTIMIZER_METHODS]
-    with trainable._optimizer_without_compiler():
-        assert all(getattr(fn, "__dynamo_disable", None) is not fn for fn in methods)
-    assert preflight(make_config(), digits, {"optimizer__lr": 0.01}) is None
 
 
 def test_model_size_builds_the_model_on_the_meta_device(digits):

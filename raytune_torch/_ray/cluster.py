@@ -33,6 +33,7 @@ def connect(address: str, token_file: str | None = None) -> bool:
     if ray.is_initialized():
         return False
     token = client_env(token_file)
+    internals.reload_auth()  # the token and mode of this cluster, not those of an earlier one
     if address.startswith(("http://", "https://")):
         raise ClusterError(f"--address {address} is a dashboard (Jobs API) URL: `raytune-torch submit` uses it; "
                            f"`run --address` joins the cluster's GCS (HOST:6379, or 'auto' on the head node)")

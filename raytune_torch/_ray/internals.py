@@ -28,6 +28,9 @@ log = logging.getLogger("raytune_torch")
 
 ENV = "RAYTUNE_TORCH_RAY_INTERNALS"
 
+#: the names of this library's trial functions (see trial.py): replaced methods act only for them
+OWN_TRAINABLES: set[str] = set()
+
 
 def ray_version() -> tuple[int, int]:
     major, minor = (ray.__version__.split(".") + ["0"])[:2]
@@ -130,7 +133,7 @@ class Loopback(Tweak):
 
     name = "loopback"
     optional = False
-    verified = ((2, 60), (2, 60))
+    verified = ((2, 41), (2, 60))
     touches = (("ray._private.ray_constants", "ENABLE_RAY_CLUSTER"),
                ("ray._private.ray_constants", "ENABLE_RAY_CLUSTERS_ENV_VAR"))
     _VAR = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
@@ -204,16 +207,26 @@ class NoIdleDaemons(Tweak):
 
 
 class PreloadedWorkers(Tweak):
-    """The private instance's workers start with the raylet, import torch and the trial code as
-    they start (``raytune_torch._preload``), and are not killed while idle for a minute (Tune's
-    placement groups reserve every CPU a moment before its trial actors ask for workers). Ray's
-    ``_system_config`` keys; an unknown key stops the raylet, hence the version check."""
+    """Trials run in workers that started with the private instance and imported torch and the
+    trial code meanwhile (``raytune_torch._preload``), instead of each trial actor waiting for a
+    new process to start and import them.
+
+    Two parts, applied together: Ray's ``_system_config`` keys that start one worker per CPU with
+    the raylet, preload the modules and keep idle workers alive for a minute (Tune's placement
+    groups reserve every CPU a moment before its trial actors ask for workers; an unknown key
+    stops the raylet, hence the version check); and Tune's actor class cache, which gives every
+    trial actor a runtime environment of a few variables, and Ray hands an actor only a worker
+    started with the same environment. On the private instance those variables are the
+    instance's own (set before it starts) and this library's trainables are registered without
+    one."""
 
     name = "preloaded_workers"
-    touches = (("ray", "init"),)
+    touches = (("ray.tune.execution.class_cache", "_ActorClassCache.get"),
+               ("ray.tune.execution.class_cache", "DEFAULT_ENV_VARS"))
 
     def system_config(self) -> dict[str, Any]:
-        if not self.apply():
+        """``ray.init``'s ``_system_config`` for the private instance ({} when not applied)."""
+        if not self.applied:
             return {}
         return {
             "preload_python_modules": ["raytune_torch._preload"],
@@ -224,21 +237,6 @@ class PreloadedWorkers(Tweak):
             "raylet_client_num_connect_attempts": 100,
             "enable_metrics_collection": False,
         }
-
-    def _apply(self) -> None:
-        pass
-
-
-class LocalActorEnv(Tweak):
-    """Trial actors in the workers the private instance started. Tune gives every trial actor a
-    runtime environment of a few variables; Ray hands an actor only a worker started with the
-    same environment, so none of the preloaded workers could take a trial and each waited for a
-    new process. On the private instance those variables are the instance's own (set before it
-    starts), and this library's trainables are registered without a runtime environment."""
-
-    name = "local_actor_env"
-    touches = (("ray.tune.execution.class_cache", "_ActorClassCache.get"),
-               ("ray.tune.execution.class_cache", "DEFAULT_ENV_VARS"))
 
     def _apply(self) -> None:
         from ray.tune.execution import class_cache
@@ -266,11 +264,7 @@ class LocalActorEnv(Tweak):
 
 
 # ------------------------------------------------------------------------------------------------
-# Per epoch
-
-
-#: the ``__name__`` of this library's trial functions (see trial.trainable)
-OWN_TRAINABLES: set[str] = set()
+# Per checkpointed epoch
 
 
 class CheckpointFromResult(Tweak):
@@ -308,69 +302,6 @@ class CheckpointFromResult(Tweak):
         self._set(tune_controller.TuneController, "_checkpoint_trial_if_needed", checkpoint_if_needed)
 
 
-class CheckpointInPlace(Tweak):
-    """In a trial: a checkpoint is written straight into the folder on a local (or mounted)
-    storage that Tune would copy it to, and Tune's copy of a folder onto itself is skipped."""
-
-    name = "checkpoint_in_place"
-    touches = (("ray.train._internal.storage", "StorageContext.persist_current_checkpoint"),
-               ("ray.train._internal.storage", "StorageContext._make_checkpoint_dir_name"),
-               ("ray.train._internal.storage", "StorageContext._check_validation_file"),
-               ("ray.train._internal.session", "get_session"))
-
-    def _apply(self) -> None:
-        from ray.train._internal.storage import StorageContext
-
-        stock = StorageContext.persist_current_checkpoint
-
-        def persist(storage: Any, checkpoint: Any) -> Any:
-            if (_on_local_disk(checkpoint.filesystem) and _on_local_disk(storage.storage_filesystem)
-                    and os.path.normpath(checkpoint.path) == os.path.normpath(storage.checkpoint_fs_path)):
-                storage._check_validation_file()
-                return checkpoint.__class__(filesystem=storage.storage_filesystem, path=storage.checkpoint_fs_path)
-            return stock(storage, checkpoint)
-
-        self._set(StorageContext, "persist_current_checkpoint", persist)
-
-    def place(self) -> str | None:
-        """The empty folder the trial's next reported checkpoint goes to, or None (a temporary
-        directory then, copied by Tune)."""
-        if not self.applied:
-            return None
-        from ray.train._internal.session import get_session
-
-        storage = getattr(get_session(), "storage", None)
-        if storage is None or not _on_local_disk(storage.storage_filesystem):
-            return None
-        place = os.path.join(storage.trial_fs_path,
-                             storage._make_checkpoint_dir_name(storage.current_checkpoint_index + 1))
-        if os.path.lexists(place):  # left by a killed driver whose saved state lags the disk
-            import shutil
-
-            shutil.rmtree(place)
-        os.makedirs(place)
-        return place
-
-
-def _on_local_disk(fs: Any) -> bool:
-    return getattr(fs, "type_name", None) == "local"
-
-
-class ReportAhead(Tweak):
-    """In a trial under FIFO: the trial trains its next epoch while the driver handles the result
-    it just reported (Ray's asynchronous session mode, never more than one result ahead)."""
-
-    name = "report_ahead"
-    touches = (("ray.train._internal.session", "get_session"),)
-
-    def _apply(self) -> None:
-        from ray.train._internal.session import get_session
-
-        session = get_session()
-        if session is not None and hasattr(session, "synchronous_result_reporting"):
-            session.synchronous_result_reporting = False
-
-
 # ------------------------------------------------------------------------------------------------
 # Cluster connection: fail fast and clearly
 
@@ -404,6 +335,23 @@ def probe_gcs(address: str, metadata: list[tuple[str, str]]) -> tuple[Any, str |
         channel.close()
 
 
+def reload_auth() -> bool:
+    """Make this process read Ray's authentication settings and token again (as Ray's own tests
+    do between clusters). Ray reads them once per process and keeps them: after a private local
+    instance (its token in ``~/.ray/auth_token``), a cluster with another token refused this
+    process until it was restarted. Returns False when Ray's reload is missing (nothing done)."""
+    config = _resolve("ray._raylet", "Config.initialize")
+    loader = _resolve("ray._raylet", "AuthenticationTokenLoader.instance")
+    if config is _MISSING or loader is _MISSING:
+        return False
+    config("")
+    instance = loader()
+    if not hasattr(instance, "reset_cache"):
+        return False
+    instance.reset_cache()
+    return True
+
+
 def auto_address() -> str | None:
     """The GCS address ``ray.init(address="auto")`` would join (RAY_ADDRESS, else the head node
     started on this machine), or None when none is found or Ray's lookup is missing."""
@@ -423,12 +371,8 @@ LOOPBACK = Loopback()
 QUIET_TOKEN_AUTH = QuietDefaultTokenAuth()
 NO_IDLE_DAEMONS = NoIdleDaemons()
 PRELOADED_WORKERS = PreloadedWorkers()
-LOCAL_ACTOR_ENV = LocalActorEnv()
 CHECKPOINT_FROM_RESULT = CheckpointFromResult()
-CHECKPOINT_IN_PLACE = CheckpointInPlace()
-REPORT_AHEAD = ReportAhead()
-ALL = (LOOPBACK, QUIET_TOKEN_AUTH, NO_IDLE_DAEMONS, PRELOADED_WORKERS, LOCAL_ACTOR_ENV, CHECKPOINT_FROM_RESULT,
-       CHECKPOINT_IN_PLACE, REPORT_AHEAD)
+ALL = (LOOPBACK, QUIET_TOKEN_AUTH, NO_IDLE_DAEMONS, PRELOADED_WORKERS, CHECKPOINT_FROM_RESULT)
 
 
 @contextlib.contextmanager

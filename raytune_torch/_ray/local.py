@@ -33,7 +33,7 @@ def start_local(num_cpus: int | None = None, num_gpus: int | None = None) -> boo
     if num_gpus is None:
         num_gpus = _cuda_count()
     num_cpus = num_cpus or os.cpu_count() or 1
-    internals.LOCAL_ACTOR_ENV.apply()  # before the instance starts: its workers inherit the variables
+    internals.PRELOADED_WORKERS.apply()  # before the instance starts: its workers inherit the variables
     system_config = internals.PRELOADED_WORKERS.system_config()
     if system_config:
         _workers_ready.start(int(num_cpus))

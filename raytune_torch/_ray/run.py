@@ -44,8 +44,7 @@ def _tune_env() -> Iterator[None]:
 def _trainable(config: Any, trial_fn: TrialFunction, shared: SharedData, run_dir: str) -> Any:
     from ..storage import ray_storage
 
-    return trainable(trial_fn, shared, ray_storage(run_dir), cpu=config.resources.cpu, gpu=config.resources.gpu,
-                     report_ahead=config.scheduler.name == "fifo")
+    return trainable(trial_fn, shared, ray_storage(run_dir), cpu=config.resources.cpu, gpu=config.resources.gpu)
 
 
 def run_tuner(config: Any, shared: SharedData, trial_fn: TrialFunction, *, run_dir_parent: str, callbacks: list,

@@ -34,28 +34,22 @@ def share(data: Any) -> tuple[SharedData, Any]:
 
 
 def _trial(params: dict[str, Any], trial_fn: TrialFunction | None = None, shared: SharedData | None = None,
-           run_dir: str | None = None, report_ahead: bool = False) -> None:
+           run_dir: str | None = None) -> None:
     """The function Tune runs for every trial of this library (see :func:`trainable`)."""
-    internals.CHECKPOINT_IN_PLACE.apply()
-    if report_ahead:
-        internals.REPORT_AHEAD.apply()
     trial_fn(params, shared.get(), RayReporter(run_dir))
 
 
 internals.OWN_TRAINABLES.add(_trial.__name__)
 
 
-def trainable(trial_fn: TrialFunction, shared: SharedData, run_dir: str, *, cpu: float, gpu: float,
-              report_ahead: bool = False) -> Any:
+def trainable(trial_fn: TrialFunction, shared: SharedData, run_dir: str, *, cpu: float, gpu: float) -> Any:
     """The Tune trainable: ``trial_fn(params, data, reporter)`` in a worker with ``{cpu, gpu}``.
 
     The data was put in the object store once (:func:`share`); trials get it by reference, not
     pickled into each trial. ``run_dir`` is the run's directory or URI (trial folders are
-    ``trial_<id>`` in it). ``report_ahead``: no scheduler stops trials between epochs, so a
-    trial may train its next epoch while the driver handles its last result (where Ray allows).
+    ``trial_<id>`` in it).
     """
-    wrapped = tune.with_parameters(_trial, trial_fn=trial_fn, shared=shared, run_dir=run_dir,
-                                   report_ahead=report_ahead)
+    wrapped = tune.with_parameters(_trial, trial_fn=trial_fn, shared=shared, run_dir=run_dir)
     return tune.with_resources(wrapped, {"cpu": cpu, "gpu": gpu})
 
 
@@ -78,9 +72,6 @@ class RayReporter:
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
         checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         tune.report({**metrics, "node_id": self.node_id}, checkpoint=checkpoint)
-
-    def checkpoint_place(self) -> str | None:
-        return internals.CHECKPOINT_IN_PLACE.place()
 
     @contextlib.contextmanager
     def checkpoint_dir(self):

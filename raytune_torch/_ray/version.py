@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 #: inclusive (major, minor) bounds; CI runs the suite on the newest and the Ray-marked tests on the oldest
-OLDEST = (2, 60)
+OLDEST = (2, 41)
 NEWEST = (2, 60)
 SUPPORTED = f"{OLDEST[0]}.{OLDEST[1]} to {NEWEST[0]}.{NEWEST[1]}"
 #: set to 1 to run with a Ray outside the tested range anyway
