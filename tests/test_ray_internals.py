@@ -70,7 +70,9 @@ internals.undo_all()
 print(json.dumps({"applied": applied, "changed": sorted(k for k in before if before[k] != during[k]),
                   "restored": before == targets(), "left": internals.in_effect()}))
 """)
-    assert all(out["applied"].values()), out
+    # Every tweak verified on this Ray applies (Ray before 2.52 has no token warning to quiet).
+    assert out["applied"] == {t.name: t.problem() is None for t in internals.ALL}, out
+    assert all(v for k, v in out["applied"].items() if k != "quiet_token_auth"), out
     assert out["changed"] == ["ENABLE_RAY_CLUSTER", "RayParams", "_ActorClassCache.get", "_checkpoint_trial_if_needed",
                               "env", "start_api_server"], out
     assert out["restored"] is True and out["left"] == [], out
@@ -89,6 +91,8 @@ applied = {t.name: t.apply() for t in internals.ALL}
 print(json.dumps({"applied": sorted(k for k, v in applied.items() if v)}))
 internals.undo_all()
 """, RAYTUNE_TORCH_RAY_INTERNALS=chosen)
+    if internals.QUIET_TOKEN_AUTH.problem() is not None:  # a Ray without token authentication
+        applied = [name for name in applied if name != "quiet_token_auth"]
     assert out["applied"] == applied
 
 

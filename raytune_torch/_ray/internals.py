@@ -189,6 +189,7 @@ class NoIdleDaemons(Tweak):
     ``ray.init`` has no switch for them; ``RayParams`` has. Applied while ``ray.init`` runs."""
 
     name = "no_idle_daemons"
+    verified = ((2, 41), (2, 60))
     touches = (("ray._private.parameter", "RayParams"), ("ray._private.node", "Node.start_api_server"))
 
     def _apply(self) -> None:
@@ -221,6 +222,7 @@ class PreloadedWorkers(Tweak):
     one."""
 
     name = "preloaded_workers"
+    verified = ((2, 41), (2, 60))
     touches = (("ray.tune.execution.class_cache", "_ActorClassCache.get"),
                ("ray.tune.execution.class_cache", "DEFAULT_ENV_VARS"))
 
@@ -273,6 +275,7 @@ class CheckpointFromResult(Tweak):
     trial waits for before its next epoch). Saves Tune asks for itself (pause, PBT) keep it."""
 
     name = "checkpoint_from_result"
+    verified = ((2, 41), (2, 60))
     touches = (("ray.tune.execution.tune_controller", "TuneController._checkpoint_trial_if_needed"),
                ("ray.tune.execution.tune_controller", "TuneController._process_trial_save"),
                ("ray.train._internal.session", "_TrainingResult"))
