@@ -43,7 +43,8 @@ def _files(path: str) -> list[str]:
 
     if not Path(path).exists():
         raise PreflightError(f"data.parquet: {path!r} does not exist; give a Parquet file or a directory of them")
-    return sorted(ds.dataset(path, format="parquet").files)
+    # Absolute: the trials read the files from working directories of their own.
+    return sorted(ds.dataset(str(Path(path).resolve()), format="parquet").files)
 
 
 def _pieces(files: Sequence[str]) -> tuple[list[Piece], int]:
@@ -302,4 +303,4 @@ def load_stream(data_cfg: Any, task: str, seed: int) -> ParquetStream:
     return ParquetStream(task=task, features=features, label=data_cfg.label, pieces=split,
                          feature_dtype="int64" if integer else "float32", classes=classes, n_outputs=n_outputs,
                          shuffle_buffer=data_cfg.shuffle_buffer, size_bytes=size,
-                         filesystem=ds.dataset(data_cfg.parquet, format="parquet").filesystem)
+                         filesystem=ds.dataset(files[0], format="parquet").filesystem)

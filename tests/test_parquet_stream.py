@@ -185,3 +185,12 @@ def test_a_column_that_is_not_numeric_fails_in_the_preflight(tmp_path):
     path, group, _ = data.pieces["train"][0]
     assert str(info.value).startswith(f"data: reading row group {group} of {path!r} as features ['name', 'x'] and "
                                       f"label 'label' failed: ValueError: ")
+
+
+def test_a_relative_path_is_read_from_any_working_directory(table, tmp_path, monkeypatch):
+    from pathlib import Path
+
+    monkeypatch.chdir(Path(table).parent)
+    s = load_data(DataConfig(parquet=Path(table).name, label="label", stream=True), "classification", 0)
+    monkeypatch.chdir(tmp_path)  # a trial's working directory
+    assert sum(len(xb) for xb, _ in s.batches("val", 256)) == s.rows("val")
