@@ -42,7 +42,8 @@ def targets():
 
 
 def _child(code: str, **env: str) -> dict:
-    environ = {k: v for k, v in os.environ.items() if k != internals.ENV}
+    # A user's shell: none of what this session's own Ray instance set in this process.
+    environ = {k: v for k, v in os.environ.items() if k not in (internals.ENV, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
     environ.update(env, PYTHONPATH=str(ROOT))
     proc = subprocess.run([sys.executable, "-c", _TARGETS + code], capture_output=True, text=True, cwd=ROOT,
                           env=environ, timeout=120)
