@@ -105,13 +105,9 @@ def _parquet(path: str, features: tuple[str, ...] | None, label: str) -> tuple[n
     if not Path(path).exists():
         raise PreflightError(f"data.parquet: {path!r} does not exist; give a Parquet file or a directory of them")
     table = pq.read_table(path)
-    columns = table.column_names
-    if label not in columns:
-        raise PreflightError(f"data.label: column {label!r} is not in {path!r} (columns: {', '.join(columns)})")
-    names = list(features) if features else [c for c in columns if c != label]
-    missing = [c for c in names if c not in columns]
-    if missing:
-        raise PreflightError(f"data.features: columns {missing} are not in {path!r} (columns: {', '.join(columns)})")
+    from .parquet_stream import feature_columns
+
+    names = feature_columns(path, table.column_names, features, label)
     X = np.column_stack([table.column(c).to_numpy(zero_copy_only=False) for c in names])
     y = table.column(label).to_numpy(zero_copy_only=False)
     return X, y

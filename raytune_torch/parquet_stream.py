@@ -57,9 +57,9 @@ def _pieces(files: Sequence[str]) -> tuple[list[Piece], int]:
         parquet = pq.ParquetFile(f)
         meta = parquet.metadata
         widths = []
-        for field in parquet.schema_arrow:
+        for column in parquet.schema_arrow:
             try:
-                widths.append(field.type.bit_width // 8)
+                widths.append(column.type.bit_width // 8)
             except ValueError:  # variable width: strings, lists
                 widths.append(None)
         for i in range(meta.num_row_groups):
@@ -90,14 +90,19 @@ def _columns(path: str, features: Sequence[str] | None, label: str) -> tuple[lis
     import pyarrow.dataset as ds
 
     schema = ds.dataset(path, format="parquet").schema
-    columns = schema.names
+    return feature_columns(path, schema.names, features, label), schema
+
+
+def feature_columns(path: str, columns: Sequence[str], features: Sequence[str] | None, label: str) -> list[str]:
+    """The feature columns of a Parquet table with ``columns``: ``features``, or every column but
+    ``label``. Raises PreflightError naming a missing label or feature column."""
     if label not in columns:
         raise PreflightError(f"data.label: column {label!r} is not in {path!r} (columns: {', '.join(columns)})")
     names = list(features) if features else [c for c in columns if c != label]
     missing = [c for c in names if c not in columns]
     if missing:
         raise PreflightError(f"data.features: columns {missing} are not in {path!r} (columns: {', '.join(columns)})")
-    return names, schema
+    return names
 
 
 @dataclass

@@ -29,9 +29,6 @@ class Reporter:
     def report(self, metrics, checkpoint_dir):
         self.metrics.append(dict(metrics))
 
-    def checkpoint_place(self):
-        return None
-
     @contextlib.contextmanager
     def checkpoint_dir(self):
         yield None

@@ -56,9 +56,6 @@ class Reporter:
         if self.crash_after is not None and metrics["epoch"] >= self.crash_after:
             raise Crash(f"simulated crash after epoch {metrics['epoch']}")
 
-    def checkpoint_place(self):
-        return None
-
     @contextlib.contextmanager
     def checkpoint_dir(self):
         yield None if self.resume_from is None else str(self.resume_from)
