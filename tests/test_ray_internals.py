@@ -179,3 +179,24 @@ def test_the_gcs_probe_reads_the_clusters_ray_version():
     gcs = ray.get_runtime_context().gcs_address
     metadata = [(k.lower(), v) for k, v in auth_headers(find_token()).items()]
     assert internals.probe_gcs(gcs, metadata) == (None, ray.__version__)
+
+
+def test_a_users_own_trainable_keeps_tunes_actor_environment():
+    """The actor-cache tweak acts for this library's trial function only: any other trainable
+    (a user's own Tuner in the same process) gets Tune's runtime environment as always."""
+    out = _child("""
+from ray.tune.execution import class_cache
+from ray.tune.trainable import wrap_function
+from raytune_torch._ray import internals, trial
+
+def user_fn(config):
+    pass
+
+assert internals.PRELOADED_WORKERS.apply()
+cache = class_cache._ActorClassCache()
+user, ours = cache.get(wrap_function(user_fn)), cache.get(wrap_function(trial._trial))
+internals.undo_all()
+print(json.dumps({"user": user._default_options.get("runtime_env"), "ours": ours._default_options.get("runtime_env")}))
+""")
+    assert out["user"]["env_vars"]["PL_DISABLE_FORK"] == "1"
+    assert out["ours"] is None
