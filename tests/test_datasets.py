@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
 
 import numpy as np
@@ -16,6 +15,7 @@ from raytune_torch.data import Splits, load_data, load_splits
 from raytune_torch.datasets import DatasetSource, make_loader
 from raytune_torch.exceptions import PreflightError
 from raytune_torch.trainable import Trial, preflight, run_trial
+from reporters import FakeReporter
 
 BASE = {
     "name": "datasets-test",
@@ -25,23 +25,6 @@ BASE = {
     "train": {"max_epochs": 2, "batch_size": 32, "metrics": ["accuracy"]},
     "search": {"metric": "val_accuracy"},
 }
-
-
-class Reporter:
-    """Keeps the reported metrics; never resumes."""
-
-    def __init__(self, trial_index: int = 0) -> None:
-        self.trial_id = f"fake_{trial_index:05d}"
-        self.trial_index = trial_index
-        self.replay_after = None
-        self.metrics: list[dict] = []
-
-    def report(self, metrics, checkpoint_dir):
-        self.metrics.append(dict(metrics))
-
-    @contextlib.contextmanager
-    def checkpoint_dir(self):
-        yield None
 
 
 def make_config(**changes):
@@ -199,7 +182,7 @@ def test_an_iterable_dataset_dict_trains_and_counts_its_rows(user):
     source = load(config)
     assert source.sizes == {"train": None, "val": None} and source.kinds == {"train": "iterable", "val": "iterable"}
     preflight(config, source, {})
-    reporter = Reporter()
+    reporter = FakeReporter()
     trial = run_trial({}, config, source, reporter)
     assert [m["epoch"] for m in reporter.metrics] == [1, 2]
     assert trial.n_train == 48
@@ -217,7 +200,7 @@ def test_the_datasets_are_built_in_each_trial_not_pickled():
 def test_token_ids_stay_int64_to_the_model():
     DtypeProbe.seen.clear()
     config = make_config(model={"name": f"{__name__}:DtypeProbe", "args": {"vocab_size": 500}})
-    run_trial({}, config, load(config), Reporter())
+    run_trial({}, config, load(config), FakeReporter())
     assert DtypeProbe.seen and set(DtypeProbe.seen) == {torch.int64}
 
 
@@ -228,7 +211,7 @@ def test_integer_arrays_stay_integers_on_the_fast_path(user):
                          model={"name": f"{__name__}:DtypeProbe", "args": {"vocab_size": 50}})
     splits = load(config)
     assert isinstance(splits, Splits) and splits.X_train.dtype == np.int64
-    run_trial({}, config, splits, Reporter())
+    run_trial({}, config, splits, FakeReporter())
     assert set(DtypeProbe.seen) == {torch.int64}
 
 
@@ -260,14 +243,14 @@ def test_loader_options_reach_the_dataloader():
 
 def test_loader_options_from_the_file_reach_the_trial():
     config = make_config(data={"loader": {"drop_last": True}}, train={"batch_size": 96})
-    trial = Trial(config, {}, load(config), Reporter())
+    trial = Trial(config, {}, load(config), FakeReporter())
     batches = list(trial.train_batches())
     assert len(batches) == 3 and all(len(xb) == 96 for xb, _ in batches)  # 320 items: the last 32 dropped
     assert sum(len(xb) for xb, _ in trial.val_batches()) == 80  # validation keeps every item
 
 
 def _first_batches(config, source, epochs=2):
-    trial = Trial(config, {}, source, Reporter())
+    trial = Trial(config, {}, source, FakeReporter())
     return [next(iter(trial.train_batches()))[0].clone() for _ in range(epochs)]
 
 
@@ -288,7 +271,7 @@ def test_augmentation_differs_between_epochs_and_repeats_for_a_seed():
 
 def test_a_trial_on_a_dataset_source_learns():
     config = make_config(train={"max_epochs": 3})
-    reporter = Reporter()
+    reporter = FakeReporter()
     run_trial({"optimizer__lr": 0.03}, config, load(config), reporter)
     assert reporter.metrics[-1]["val_accuracy"] > 0.6
 
@@ -399,25 +382,6 @@ def test_nothing_is_written_when_the_data_is_bad(user, tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
-class Checkpoints(Reporter):
-    """Keeps a copy of every checkpoint and resumes from ``resume_from``."""
-
-    def __init__(self, root, resume_from=None):
-        super().__init__()
-        self.root, self.resume_from, self.saved = root, resume_from, {}
-
-    def report(self, metrics, checkpoint_dir):
-        super().report(metrics, checkpoint_dir)
-        if checkpoint_dir is not None:
-            import shutil
-
-            self.saved[metrics["epoch"]] = shutil.copytree(checkpoint_dir, self.root / f"epoch_{metrics['epoch']}")
-
-    @contextlib.contextmanager
-    def checkpoint_dir(self):
-        yield None if self.resume_from is None else str(self.resume_from)
-
-
 @pytest.mark.parametrize("workers", [0, 2])
 def test_resume_from_a_checkpoint_sees_the_same_augmented_batches(tmp_path, workers):
     config = make_config(data={"factory": "examples.images:shapes", "factory_args": {"n": 160},
@@ -425,10 +389,10 @@ def test_resume_from_a_checkpoint_sees_the_same_augmented_batches(tmp_path, work
                          model={"name": "examples.images:SmallCNN", "args": {"channels": 4}},
                          train={"max_epochs": 3})
     source = load(config)
-    whole = Checkpoints(tmp_path / "whole")
+    whole = FakeReporter(tmp_path / "whole")
     run_trial({}, config, source, whole)
     torch.manual_seed(999)  # the resuming process has RNG state of its own
-    resumed = Checkpoints(tmp_path / "resumed", resume_from=whole.saved[1])
+    resumed = FakeReporter(tmp_path / "resumed", resume_from=whole.checkpoints[1])
     run_trial({}, config, source, resumed)
     timing = {"epoch_time_s", "samples_per_s"}
     assert [{k: v for k, v in m.items() if k not in timing} for m in resumed.metrics] == \

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import pickle
 
 import numpy as np
@@ -18,20 +17,7 @@ from raytune_torch.data import Splits, load_data
 from raytune_torch.exceptions import PreflightError
 from raytune_torch.parquet_stream import ParquetStream
 from raytune_torch.trainable import preflight, run_trial
-
-
-class Reporter:
-    trial_id, trial_index, replay_after = "fake_00000", 0, None
-
-    def __init__(self) -> None:
-        self.metrics: list[dict] = []
-
-    def report(self, metrics, checkpoint_dir):
-        self.metrics.append(dict(metrics))
-
-    @contextlib.contextmanager
-    def checkpoint_dir(self):
-        yield None
+from reporters import FakeReporter
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +104,7 @@ def test_a_trial_trains_on_the_stream(table):
     data = load_data(config.data, config.task, config.seed)
     preflight(config, data, {})
     restored = pickle.loads(pickle.dumps(data))
-    reporter = Reporter()
+    reporter = FakeReporter()
     trial = run_trial({}, config, restored, reporter)
     assert [m["epoch"] for m in reporter.metrics] == [1, 2]
     assert trial.n_train == data.n_train == 2400

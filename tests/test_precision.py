@@ -3,12 +3,9 @@ its NaN/inf check, and metrics of your own in trials and in the preflight (no Ra
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
-import shutil
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,8 +21,8 @@ from raytune_torch.exceptions import PreflightError
 from raytune_torch.loop import CHECK_EVERY, StepContext, evaluate, make_scaler, train_epoch
 from raytune_torch.sklearn import TorchClassifier
 from raytune_torch.trainable import Trial, preflight, run_trial
+from reporters import Crash, FakeReporter
 
-TIMING = {"epoch_time_s", "samples_per_s"}
 BASE = {
     "name": "precision-test",
     "seed": 0,
@@ -33,35 +30,6 @@ BASE = {
     "model": {"name": "examples.models:MLP", "args": {"hidden": 16}},
     "train": {"max_epochs": 3, "batch_size": 64, "metrics": ["accuracy"]},
 }
-
-
-class Crash(RuntimeError):
-    """Raised by the reporter to simulate a worker dying after a report."""
-
-
-class Reporter:
-    """Collects metrics and a copy of every checkpoint; can resume from one and crash after an epoch."""
-
-    def __init__(self, root: Path, *, resume_from: Path | None = None, crash_after: int | None = None) -> None:
-        self.trial_id, self.trial_index, self.replay_after = "fake_00000", 0, None
-        self.root, self.resume_from, self.crash_after = Path(root), resume_from, crash_after
-        self.metrics: list[dict] = []
-        self.checkpoints: dict[int, Path] = {}
-
-    def report(self, metrics, checkpoint_dir):
-        self.metrics.append(dict(metrics))
-        if checkpoint_dir is not None:
-            dest = self.root / f"epoch_{metrics['epoch']}"
-            self.checkpoints[metrics["epoch"]] = Path(shutil.copytree(checkpoint_dir, dest))
-        if self.crash_after is not None and metrics["epoch"] >= self.crash_after:
-            raise Crash(f"simulated crash after epoch {metrics['epoch']}")
-
-    @contextlib.contextmanager
-    def checkpoint_dir(self):
-        yield None if self.resume_from is None else str(self.resume_from)
-
-    def stable(self):
-        return [{k: v for k, v in m.items() if k not in TIMING} for m in self.metrics]
 
 
 def make_config(**train):
@@ -80,7 +48,7 @@ def digits():
 
 
 def test_bf16_trains_on_the_cpu_with_finite_metrics(tmp_path, digits):
-    reporter = Reporter(tmp_path)
+    reporter = FakeReporter(tmp_path)
     trial = run_trial({"optimizer__lr": 0.01}, make_config(precision="bf16", metrics=["accuracy", "neg_log_loss"]),
                       digits, reporter)
     assert [m["epoch"] for m in reporter.metrics] == [1, 2, 3]
@@ -116,9 +84,9 @@ def test_fp16_scaler_state_round_trips_through_a_checkpoint(tmp_path):
 def test_resume_at_reduced_precision_is_exact(tmp_path, digits, precision):
     cfg = make_config(precision=precision, max_epochs=4, batch_size=32)
     params = {"optimizer__lr": 0.01}
-    whole = Reporter(tmp_path / "whole")
+    whole = FakeReporter(tmp_path / "whole")
     full = run_trial(params, cfg, digits, whole)
-    crashed = Reporter(tmp_path / "crashed", crash_after=2)
+    crashed = FakeReporter(tmp_path / "crashed", crash_after=2)
     with pytest.raises(Crash):
         run_trial(params, cfg, digits, crashed)
     assert crashed.stable() == whole.stable()[:2]
@@ -128,7 +96,7 @@ def test_resume_at_reduced_precision_is_exact(tmp_path, digits, precision):
     else:
         assert saved is None
     torch.manual_seed(999)
-    resumed = Reporter(tmp_path / "resumed", resume_from=crashed.checkpoints[2])
+    resumed = FakeReporter(tmp_path / "resumed", resume_from=crashed.checkpoints[2])
     trial = run_trial(params, cfg, digits, resumed)
     assert resumed.stable() == whole.stable()[2:]
     assert trial.scaler.state_dict() == full.scaler.state_dict()
@@ -138,9 +106,9 @@ def test_resume_at_reduced_precision_is_exact(tmp_path, digits, precision):
 
 def test_trial_restores_the_scaler(tmp_path, digits):
     cfg = make_config(precision="fp16", max_epochs=1)
-    first = Reporter(tmp_path / "a")
+    first = FakeReporter(tmp_path / "a")
     run_trial({}, cfg, digits, first)
-    trial = Trial(cfg, {}, digits, Reporter(tmp_path / "b", resume_from=first.checkpoints[1]))
+    trial = Trial(cfg, {}, digits, FakeReporter(tmp_path / "b", resume_from=first.checkpoints[1]))
     assert trial.epoch == 1 and trial.scaler.state_dict() == ckpt.load_state(first.checkpoints[1])["scaler"]
     assert trial.step_ctx.scaler is trial.scaler and trial.step_ctx.precision == "fp16"
 
@@ -192,7 +160,7 @@ def test_a_step_that_turns_nan_marks_the_trial_diverged(tmp_path, digits, write_
     """)
     cfg = load_config({**BASE, "train": {**BASE["train"], "step": f"{name}:step"},
                        "import_paths": [str(tmp_path)]})
-    reporter = Reporter(tmp_path / "r")
+    reporter = FakeReporter(tmp_path / "r")
     run_trial({}, cfg, digits, reporter)
     assert [m["diverged"] for m in reporter.metrics] == [0, 1]
     assert math.isnan(reporter.metrics[1]["train_loss"])
@@ -212,7 +180,7 @@ def test_a_trial_reports_scorers_and_functions(tmp_path, digits, write_module):
     cfg = load_config({**BASE, "train": {**BASE["train"], "max_epochs": 1,
                                          "metrics": ["balanced_accuracy", "top_k_accuracy", f"{name}:kappa"]},
                        "search": {"metric": "val_kappa", "mode": "max"}, "import_paths": [str(tmp_path)]})
-    reporter = Reporter(tmp_path / "r")
+    reporter = FakeReporter(tmp_path / "r")
     trial = run_trial({"optimizer__lr": 0.01}, cfg, digits, reporter)
     (m,) = reporter.metrics
     with torch.no_grad():

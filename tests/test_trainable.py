@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
-import shutil
 import sys
 from pathlib import Path
 
@@ -17,11 +15,10 @@ from raytune_torch.config import load_config
 from raytune_torch.data import load_splits
 from raytune_torch.exceptions import ConfigError, PreflightError
 from raytune_torch.trainable import build_components, derive_seed, preflight, run_trial
+from reporters import Crash, FakeReporter
 
 METRIC_KEYS = {"epoch", "train_loss", "val_loss", "val_accuracy", "lr", "epoch_time_s", "samples_per_s",
                "trial_seed", "diverged", "early_stopped", "device"}
-TIMING = {"epoch_time_s", "samples_per_s"}
-
 BASE = {
     "name": "trial-test",
     "seed": 0,
@@ -29,48 +26,6 @@ BASE = {
     "model": {"name": "examples.models:MLP", "args": {"hidden": 16}},
     "train": {"max_epochs": 3, "batch_size": 64, "metrics": ["accuracy"]},
 }
-
-
-class Crash(RuntimeError):
-    """Raised by the fake reporter to simulate a worker dying after a report."""
-
-
-class FakeReporter:
-    """Collects metrics, keeps a copy of every checkpoint, and can hand one back to resume from."""
-
-    def __init__(self, root: Path, *, resume_from: Path | None = None, crash_after: int | None = None,
-                 trial_index: int = 0) -> None:
-        self.trial_id = f"fake_{trial_index:05d}"
-        self.trial_index = trial_index
-        self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.resume_from = resume_from
-        self.crash_after = crash_after
-        self.metrics: list[dict] = []
-        self.given: list[str | None] = []
-        self.checkpoints: dict[int, Path] = {}
-        self.replay_after = None
-
-    def report(self, metrics, checkpoint_dir):
-        self.metrics.append(dict(metrics))
-        self.given.append(checkpoint_dir)
-        if checkpoint_dir is not None:
-            dest = self.root / f"epoch_{metrics['epoch']}"
-            shutil.copytree(checkpoint_dir, dest)
-            self.checkpoints[metrics["epoch"]] = dest
-        if self.crash_after is not None and metrics["epoch"] >= self.crash_after:
-            raise Crash(f"simulated crash after epoch {metrics['epoch']}")
-
-    @contextlib.contextmanager
-    def checkpoint_dir(self):
-        yield None if self.resume_from is None else str(self.resume_from)
-
-    def column(self, key):
-        return [m[key] for m in self.metrics]
-
-    def stable(self):
-        """Every metric except the timings."""
-        return [{k: v for k, v in m.items() if k not in TIMING} for m in self.metrics]
 
 
 def make_config(**changes):

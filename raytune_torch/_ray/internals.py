@@ -24,17 +24,14 @@ from typing import Any
 
 import ray
 
+from .version import parse
+
 log = logging.getLogger("raytune_torch")
 
 ENV = "RAYTUNE_TORCH_RAY_INTERNALS"
 
 #: the names of this library's trial functions (see trial.py): replaced methods act only for them
 OWN_TRAINABLES: set[str] = set()
-
-
-def ray_version() -> tuple[int, int]:
-    major, minor = (ray.__version__.split(".") + ["0"])[:2]
-    return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
 
 
 _MISSING = object()
@@ -68,11 +65,12 @@ class Tweak:
     def __init__(self) -> None:
         self.applied = False
         self._saved: list[tuple[Any, str, Any]] = []
+        self._saved_env: list[tuple[str, str | None]] = []
         self._refused = False
 
     def problem(self) -> str | None:
         low, high = self.verified
-        if not low <= ray_version() <= high:
+        if not low <= parse(ray.__version__) <= high:
             return (f"verified on Ray {low[0]}.{low[1]}-{high[0]}.{high[1]}, this is Ray {ray.__version__}")
         missing = [f"{m}.{p}" for m, p in self.touches if _resolve(m, p) is _MISSING]
         if missing:
@@ -107,12 +105,25 @@ class Tweak:
         for owner, attr, value in reversed(self._saved):
             setattr(owner, attr, value)
         self._saved.clear()
+        for key, value in reversed(self._saved_env):
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        self._saved_env.clear()
         self._undo()
         self.applied = False
 
     def _set(self, owner: Any, attr: str, value: Any) -> None:
         self._saved.append((owner, attr, getattr(owner, attr)))
         setattr(owner, attr, value)
+
+    def _setenv(self, key: str, value: str, *, keep_existing: bool = False) -> None:
+        """Set an environment variable (restored by :meth:`undo`); with ``keep_existing`` a
+        value the user set stays."""
+        self._saved_env.append((key, os.environ.get(key)))
+        if not (keep_existing and key in os.environ):
+            os.environ[key] = value
 
     def _apply(self) -> None:
         raise NotImplementedError
@@ -141,15 +152,8 @@ class Loopback(Tweak):
     def _apply(self) -> None:
         from ray._private import ray_constants
 
-        self._env = os.environ.get(self._VAR)
-        os.environ[self._VAR] = "0"
+        self._setenv(self._VAR, "0")
         self._set(ray_constants, "ENABLE_RAY_CLUSTER", False)
-
-    def _undo(self) -> None:
-        if self._env is None:
-            os.environ.pop(self._VAR, None)
-        else:
-            os.environ[self._VAR] = self._env
 
 
 class QuietDefaultTokenAuth(Tweak):
@@ -244,9 +248,8 @@ class PreloadedWorkers(Tweak):
         from ray.tune.execution import class_cache
 
         stock = class_cache._ActorClassCache.get
-        self._env = {k: os.environ.get(k) for k in class_cache.DEFAULT_ENV_VARS}
         for key, value in class_cache.DEFAULT_ENV_VARS.items():
-            os.environ.setdefault(key, value)
+            self._setenv(key, value, keep_existing=True)
 
         def get(cache: Any, trainable_cls: Any) -> Any:
             if getattr(trainable_cls, "_name", None) not in OWN_TRAINABLES:
@@ -256,13 +259,6 @@ class PreloadedWorkers(Tweak):
             return cache._cache[trainable_cls]
 
         self._set(class_cache._ActorClassCache, "get", get)
-
-    def _undo(self) -> None:
-        for key, value in self._env.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 # ------------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ def check(version: str) -> None:
     """Raise :class:`~raytune_torch.exceptions.RayVersionError` for a Ray outside the tested range."""
     from ..exceptions import RayVersionError
 
-    if OLDEST <= parse(version) <= NEWEST or os.environ.get(ANY_RAY_ENV) == "1":
+    if supported(version) or os.environ.get(ANY_RAY_ENV) == "1":
         return
     raise RayVersionError(
         f"raytune-torch is tested with Ray {SUPPORTED}; this environment has ray {version}. Install a tested "
