@@ -298,6 +298,8 @@ def iterate_batches(X, y, batch_size: int, *, shuffle: bool, generator=None) -> 
     n = len(X)
     if shuffle:
         order = torch.randperm(n, generator=generator)
+        if order.device != X.device:
+            order = order.to(X.device)  # X cached on a GPU: index it there
         for start in range(0, n, batch_size):
             idx = order[start:start + batch_size]
             yield X[idx], y[idx]

@@ -33,7 +33,8 @@ import torch
 
 from . import checkpoint as ckpt
 from . import components as comp
-from .data import Splits, as_tensors, iterate_batches
+from .data import Splits, as_tensors
+from .device_data import CachePlan, device_batches, pinned, place, plan_cache, tensor_bytes, trial_gpu_memory
 from .loop import StepContext, default_step, evaluate, make_scaler, train_epoch
 from .metrics import resolve_metrics
 
@@ -137,6 +138,8 @@ class Trial:
         self.shuffle = seed_everything(self.seed)
         self.model, self.optimizer, self.loss_fn, self.lr_scheduler = build_components(
             config, self.params, data.n_features, data.n_outputs, self.device)
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)  # a reused worker starts each trial's peak anew
         self.precision = config.train.precision
         self.scaler = make_scaler(self.device, self.precision)
         self.step_ctx = StepContext(self.model, self.optimizer, self.loss_fn, self.device,
@@ -145,14 +148,27 @@ class Trial:
         # Arrays (Splits) are indexed in memory; a Dataset source or a streamed table (the others
         # data.load_data returns) is read batch by batch by this trial itself.
         self._source: Any = None
+        setting = config.data.device_cache
         if isinstance(data, Splits):
             X_tr, y_tr, X_va, y_va = as_tensors(data.X_train, data.y_train, data.X_val, data.y_val)
-            if self.device.type != "cpu":
-                X_tr, y_tr, X_va, y_va = (t.to(self.device) for t in (X_tr, y_tr, X_va, y_va))
-            self._train, self._val = (X_tr, y_tr), (X_va, y_va)
+            splits = {"train": (X_tr, y_tr), "val": (X_va, y_va)}
+            memory = trial_gpu_memory(self.device, gpu_share) if self.device.type == "cuda" else None
+            self.cache_plan = plan_cache(setting, {k: tensor_bytes(*v) for k, v in splits.items()}, self.device,
+                                         memory)
+            for split in self.cache_plan.cached:
+                splits[split] = place(splits[split], self.device, split)
+            self._train, self._val = splits["train"], splits["val"]
             self.n_train = len(X_tr)
         else:
+            if setting is True:
+                from .exceptions import PreflightError
+
+                raise PreflightError(
+                    f"data.device_cache: true caches in-memory arrays on the GPU, but the data is {data.describe()}, "
+                    f"read batch by batch each epoch; set data.device_cache: auto or false")
             self._source = data.open()
+            pin = " and go to the device from pinned memory" if config.data.loader.pin_memory else ""
+            self.cache_plan = CachePlan((), "batches are read each epoch" + (pin if self.device.type == "cuda" else ""))
             self.n_train = data.n_train or 0  # an iterable dataset's is counted in its first epoch
         self.epoch = 0  # epochs completed
         self.best: float | None = None
@@ -222,16 +238,21 @@ class Trial:
             yield self.epoch + 1
 
     def train_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This epoch's training batches on the trial's device, shuffled with the trial's generator."""
         if self._source is not None:
-            return self._counted(self._source.batches("train", self.batch_size, self.device, generator=self.shuffle))
+            return self._counted(pinned(
+                self._source.batches("train", self.batch_size, self.device, generator=self.shuffle), self.device,
+                pin=self.config.data.loader.pin_memory))
         X, y = self._train
-        return iterate_batches(X, y, self.batch_size, shuffle=True, generator=self.shuffle)
+        return device_batches(X, y, self.batch_size, self.device, shuffle=True, generator=self.shuffle)
 
     def val_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The validation batches on the trial's device, in order."""
         if self._source is not None:
-            return self._source.batches("val", max(self.batch_size, self._source.eval_batch_size), self.device)
+            return pinned(self._source.batches("val", max(self.batch_size, self._source.eval_batch_size),
+                                               self.device), self.device, pin=self.config.data.loader.pin_memory)
         X, y = self._val
-        return iterate_batches(X, y, max(self.batch_size, 1024), shuffle=False)
+        return device_batches(X, y, max(self.batch_size, 1024), self.device, shuffle=False)
 
     def _counted(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The batches, counting their rows: a whole pass sets ``n_train`` (samples_per_s)."""
@@ -278,6 +299,8 @@ class Trial:
         metrics["samples_per_s"] = self.n_train / elapsed if elapsed > 0 else float("nan")
         metrics["trial_seed"] = self.seed
         metrics["device"] = str(self.device)
+        if self.device.type == "cuda":  # the process's peak since the trial began (its own allocations)
+            metrics["gpu_peak_mib"] = torch.cuda.max_memory_allocated(self.device) / 2**20
         metrics["diverged"] = int(diverged)
         early = self.config.train.early_stopping
         patience = early.patience if early is not None else None
@@ -327,8 +350,8 @@ def run_trial(params: dict[str, Any], config: Any, data: Splits, reporter: Repor
     trial = Trial(config, params, data, reporter, cpus=cpus, gpu_share=gpu_share)
     # The trial states where it trains: here (the worker's log) and in every result (`device`).
     print(f"raytune-torch trial {reporter.trial_id}: device {trial.device}, {threads} torch thread(s), "
-          f"gpu share {gpu_share:g}, CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')!r}",
-          flush=True)
+          f"gpu share {gpu_share:g}, CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')!r}; "
+          f"data: {trial.cache_plan.reason}", flush=True)
     loop: Callable[[Trial], Any] = default_loop
     if config.train.loop is not None:
         loop = comp.resolve(config.train.loop, what="train.loop", import_paths=config.import_paths)
@@ -376,7 +399,7 @@ def preflight(config: Any, data: Any, params: dict[str, Any]) -> None:
                              f"{type(exc).__name__}: {exc}") from exc
     if source is None:
         X, y = trial._train
-        xb, yb = X[: min(len(X), trial.batch_size)], y[: min(len(X), trial.batch_size)]
+        xb, yb = (t[: min(len(X), trial.batch_size)].to(trial.device) for t in (X, y))
     else:
         xb, yb = (t.to(trial.device) for t in source.preflight_batch(trial.batch_size))
     model_name = comp.describe(config.model.name)

@@ -185,3 +185,49 @@ def test_data_sharing_figures_pair_each_big_case_with_the_baseline_of_as_many_tr
     assert ds["object_store_copies"] is None and ds["private_mb_per_trial"] is None
     assert ds["copies_of_dataset"] == pytest.approx(278 / 270)
     assert "object store's pages: n/a / n/a" in run.data_sharing_lines(ds)
+
+
+def _run_script(args: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """A benchmark script in its own session; a timeout ends its whole tree by group."""
+    proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=30)
+        pytest.fail(f"{args[0]} ran past {timeout} s:\n{stderr[-3000:]}")
+    return subprocess.CompletedProcess(args, proc.returncode, stdout, stderr)
+
+
+def test_data_paths_prints_every_arm_with_its_ratios(tmp_path):
+    out = tmp_path / "paths.json"
+    done = _run_script(["benchmarks/data_paths.py", "--rounds", "1", "--epochs", "2", "--out", str(out)], 300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    figures = json.loads(out.read_text())["median_samples_per_s"]
+    assert set(figures) == {"hand_dataloader", "trial_dataset", "trial_arrays", "hand_indexing"}
+    assert all(value > 0 for value in figures.values())
+    assert "| trial_dataset |" in done.stdout and "x hand_dataloader |" in done.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_gpu_check_smoke_runs_four_trials_beside_one_alone(tmp_path):
+    out = tmp_path / "gpu.json"
+    done = _run_script(["benchmarks/gpu_check.py", "--smoke", "--arms", "alone_bf16,four_bf16_cached",
+                        "--out", str(out)], 400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    arms = json.loads(out.read_text())["arms"]
+    assert [len(arms[a]["trials"]) for a in ("alone_bf16", "four_bf16_cached")] == [1, 4]
+    assert {t["device"] for a in arms.values() for t in a["trials"]} == {"cpu"}  # logical GPU, CPU fallback
+    assert "| four_bf16_cached | 4 |" in done.stdout
+
+
+def test_gpu_check_without_cuda_says_how_to_run_it():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    done = _run_script(["benchmarks/gpu_check.py"], 60)
+    assert done.returncode == 2
+    assert "run this on a machine with an NVIDIA GPU, or pass --smoke to check the script itself" in done.stderr

@@ -8,7 +8,7 @@ from typing import Any
 
 from ._problems import Problems, field_names, given
 
-__all__ = ["DataConfig", "LoaderConfig", "BUNDLED_DATASETS", "STREAM_CHOICES"]
+__all__ = ["DataConfig", "LoaderConfig", "BUNDLED_DATASETS", "STREAM_CHOICES", "DEVICE_CACHE_CHOICES"]
 
 # Datasets that ship with scikit-learn, and the task each one is for.
 BUNDLED_DATASETS = {
@@ -21,6 +21,8 @@ BUNDLED_DATASETS = {
 _SOURCES = ("dataset", "factory", "parquet")
 #: ``data.stream``: always, never, or when the table's in-memory size is above the threshold
 STREAM_CHOICES = ("auto", True, False)
+#: ``data.device_cache``: cache in-memory splits on the trial's GPU when they fit, always, or never
+DEVICE_CACHE_CHOICES = ("auto", True, False)
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,8 @@ class DataConfig:
     ``parquet`` (a file or directory) is set. ``val_fraction`` is in (0, 0.9], ``test_fraction``
     in [0, 0.9], and together below 0.95. ``loader`` applies to Datasets; ``stream``,
     ``shuffle_buffer`` and ``val_parquet`` to Parquet; ``num_classes`` (>= 2) saves a pass over a
-    Dataset's labels.
+    Dataset's labels. ``device_cache`` (auto, true, false) says whether in-memory splits are cached
+    on a trial's GPU (see :mod:`raytune_torch.device_data`).
     """
 
     dataset: str | None = None
@@ -94,6 +97,7 @@ class DataConfig:
     stream: bool | str = "auto"
     shuffle_buffer: int = 10_000
     val_parquet: str | None = None
+    device_cache: bool | str = "auto"
 
     @classmethod
     def from_dict(cls, raw: Any, problems: Problems) -> DataConfig:
@@ -140,6 +144,14 @@ class DataConfig:
             stream = None
         shuffle_buffer = problems.typed("data.shuffle_buffer", data.get("shuffle_buffer", cls.shuffle_buffer),
                                         int, minimum=1)
+        device_cache = data.get("device_cache", cls.device_cache)
+        if device_cache not in DEVICE_CACHE_CHOICES or (isinstance(device_cache, (int, float))
+                                                        and not isinstance(device_cache, bool)):
+            problems.add(f"data.device_cache: must be auto, true or false, got {device_cache!r}")
+            device_cache = None
+        elif device_cache is True and parquet is not None and data.get("stream") is True:
+            problems.add("data.device_cache: true caches in-memory arrays on the GPU, but data.stream: true reads "
+                         "the table batch by batch; remove device_cache or set stream: false")
         val_parquet = data.get("val_parquet")
         for key, value in (("stream", data.get("stream")), ("shuffle_buffer", data.get("shuffle_buffer")),
                            ("val_parquet", val_parquet)):
@@ -156,7 +168,7 @@ class DataConfig:
             val_fraction=val, test_fraction=test,
             standardize=problems.boolean("data.standardize", data.get("standardize", cls.standardize)),
             num_classes=num_classes, loader=loader, stream=stream, shuffle_buffer=shuffle_buffer,
-            val_parquet=None if val_parquet is None else str(val_parquet),
+            val_parquet=None if val_parquet is None else str(val_parquet), device_cache=device_cache,
         ))
 
     def to_dict(self) -> dict[str, Any]:
@@ -176,4 +188,6 @@ class DataConfig:
             data.pop("stream")
         if self.shuffle_buffer == DataConfig.shuffle_buffer:
             data.pop("shuffle_buffer")
+        if self.device_cache == "auto":
+            data.pop("device_cache")
         return data
