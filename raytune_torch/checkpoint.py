@@ -31,8 +31,10 @@ META_FILE = "state.json"
 PRUNED_FILE = "PRUNED"
 STATE_KEYS = frozenset({
     "format", "epoch", "model", "optimizer", "lr_scheduler", "scaler", "early_stopping", "rng",
-    "params", "trial_seed", "history",
+    "params", "trial_seed", "history", "stop",
 })
+# Keys added since FORMAT's first checkpoints: a checkpoint without them still loads.
+ADDED_KEYS = frozenset({"stop"})
 
 
 def capture_rng(shuffle: torch.Generator | None = None) -> dict[str, Any]:
@@ -192,7 +194,7 @@ def load_state(directory: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(f"checkpoint file {str(path)!r} cannot be read: {exc}") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint file {str(path)!r} does not hold a state dict")
-    missing, extra = STATE_KEYS - set(state), set(state) - STATE_KEYS
+    missing, extra = STATE_KEYS - ADDED_KEYS - set(state), set(state) - STATE_KEYS
     if missing or extra:
         raise CheckpointError(
             f"checkpoint file {str(path)!r}: missing keys {sorted(missing)}, unexpected keys {sorted(extra)}"

@@ -31,6 +31,9 @@ _OVERRIDE_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--max-concurrent", "max_concurrent", int, "trials running at once at most"),
     ("--metric", "metric", str, "the metric to optimise, e.g. val_accuracy"),
     ("--mode", "mode", str, "min or max (follows the metric by default)"),
+    ("--time-budget-s", "time_budget_s", float, "the whole run's time budget, seconds (search.time_budget_s)"),
+    ("--time-limit-s", "time_limit_s", float, "each trial's training time limit, seconds (train.time_limit_s)"),
+    ("--max-failures", "max_failures", int, "restarts of a failing trial from its checkpoint"),
 ]
 
 

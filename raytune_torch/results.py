@@ -24,21 +24,35 @@ from .exceptions import ResultsError
 __all__ = ["TuneResult", "write_results", "write_trial_table", "METRIC_COLUMNS"]
 
 METRIC_COLUMNS = ("epoch", "train_loss", "val_loss", "lr", "epoch_time_s", "samples_per_s", "trial_seed",
-                  "diverged", "early_stopped", "device", "node_id")
+                  "diverged", "early_stopped", "stop_rule", "device", "node_id", "gpu_peak_mib")
+
+#: the status of a trial the run's own rule stopped (``search.time_budget_s``, ``stop_all_at``)
+RUN_RULE_STATUS = {"time_budget_s": "time_budget", "stop_all_at": "stopped_all"}
 
 
-def _status(rows: list[dict], error: str | None, max_epochs: int) -> str:
+def _status(rows: list[dict], error: str | None, max_epochs: int, run_stop: dict | None = None,
+            trial_id: str | None = None) -> str:
+    """What ended a trial: ``error``, ``diverged``, ``target_reached`` (``stop:``, or the trial that
+    reached ``stop_all_at``), ``early_stopped``, ``time_limit`` (``train.time_limit_s``),
+    ``time_budget`` / ``stopped_all`` (running when the run's rule ended it), ``not_started``
+    (waiting then), ``pruned`` (the scheduler), ``completed``, or ``no_result``."""
     if error:
         return "error"
+    stopped_by_run = run_stop is not None and trial_id in run_stop.get("stopped_trials", ())
     if not rows:
-        return "no_result"
+        return "not_started" if stopped_by_run else "no_result"
     last = rows[-1]
     if last.get("diverged"):
         return "diverged"
+    if last.get("stop_rule") == "target" or (run_stop or {}).get("trial_id") == trial_id:
+        return "target_reached"
     if last.get("early_stopped"):
         return "early_stopped"
+    if last.get("stop_rule") == "time_limit":
+        return "time_limit"
     if last.get("epoch", 0) < max_epochs:
-        return "pruned"  # stopped by the scheduler (ASHA, Hyperband, median)
+        # running when the run's rule fired, else stopped by the scheduler (ASHA, Hyperband, median)
+        return RUN_RULE_STATUS[run_stop["rule"]] if stopped_by_run else "pruned"
     return "completed"
 
 
@@ -67,12 +81,14 @@ def _better(a: float, b: float, mode: str) -> bool:
     return a < b if mode == "min" else a > b
 
 
-def write_results(run_dir: str, config: Any, data: Any, grid: Any, local_dir: str | None = None) -> None:
+def write_results(run_dir: str, config: Any, data: Any, grid: Any, local_dir: str | None = None,
+                  run_stop: dict | None = None) -> None:
     """Write ``results.parquet`` and ``best.json`` from Ray's ResultGrid.
 
     ``run_dir`` is the run's path or URI (checkpoint locations in ``best.json`` are given in its
     terms); the files are written to ``local_dir`` (default: ``run_dir``; for a URI run, the
-    staging copy the caller uploads).
+    staging copy the caller uploads). ``run_stop``: what the run's own rule recorded when it ended
+    the run (``rule``, ``stopped_trials``, ...), or None.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -95,7 +111,7 @@ def write_results(run_dir: str, config: Any, data: Any, grid: Any, local_dir: st
         trial_id = Path(result.path).name.removeprefix("trial_")
         error = _error_text(result.error)
         history = _trial_rows(os.path.join(local_dir, f"trial_{trial_id}", "history.jsonl"), metric_names)
-        status = _status(history, error, config.train.max_epochs)
+        status = _status(history, error, config.train.max_epochs, run_stop, trial_id)
         ranked = _ranked_checkpoints(result, metric, mode)
         _prune_checkpoints(result, _kept_checkpoints(result, ranked, config.checkpoint.keep, status))
         best_checkpoint = ranked[0] if ranked else (result.checkpoint.path if result.checkpoint else None)
@@ -134,6 +150,8 @@ def write_results(run_dir: str, config: Any, data: Any, grid: Any, local_dir: st
         "feature_std": None if data.feature_std is None else data.feature_std.tolist(),
     }
     summary["checkpoint_bytes"] = sum(_checkpoint_bytes(r) for r in grid)
+    if run_stop is not None:
+        summary["stopped_by"] = {k: v for k, v in run_stop.items() if k != "stopped_trials"}
     if best is not None:
         summary.update({"trial_id": best["trial_id"], "epoch": best["epoch"], "status": best["status"],
                         "value": best["value"], "params": best["params"], "metrics": best["metrics"],
@@ -176,7 +194,7 @@ def _ranked_checkpoints(result: Any, metric: str, mode: str) -> list[str]:
 def _kept_checkpoints(result: Any, ranked: list[str], keep: int, status: str) -> set[str]:
     """The disk budget: the ``keep`` best of ``ranked`` plus the latest; a trial stopped early
     keeps its best."""
-    if status in ("pruned", "early_stopped", "diverged"):
+    if status in ("pruned", "early_stopped", "diverged", "time_limit", "time_budget", "stopped_all"):
         kept = set(ranked[:1])
     else:
         kept = set(ranked[:keep])

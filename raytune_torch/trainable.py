@@ -33,6 +33,7 @@ import torch
 
 from . import checkpoint as ckpt
 from . import components as comp
+from .config.stop import reached, target_modes
 from .data import Splits, as_tensors
 from .device_data import CachePlan, device_batches, pinned, place, plan_cache, tensor_bytes, trial_gpu_memory
 from .loop import StepContext, default_step, evaluate, make_scaler, train_epoch
@@ -174,6 +175,11 @@ class Trial:
         self.best: float | None = None
         self.bad_epochs = 0
         self.stopped_early = False
+        # What else ended the trial: "target" (a `stop:` target reached) or "time_limit"
+        # (train.time_limit_s); "" while it runs. `time_s` sums its epochs' wall time, across resumes.
+        self.stop_rule = ""
+        self.time_s = 0.0
+        self._targets = target_modes(config, config.stop)
         self.history: list[dict[str, Any]] = []  # every epoch's reported metrics
         self._epoch_start = time.perf_counter()
         self._restore()
@@ -188,6 +194,7 @@ class Trial:
             "lr_scheduler": self.lr_scheduler.state_dict() if self.lr_scheduler is not None else None,
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
             "early_stopping": {"best": self.best, "bad_epochs": self.bad_epochs, "stopped": self.stopped_early},
+            "stop": {"rule": self.stop_rule, "time_s": self.time_s},
             "rng": ckpt.capture_rng(self.shuffle),
             "params": self.params,
             "trial_seed": self.seed,
@@ -211,6 +218,8 @@ class Trial:
         self.best = state["early_stopping"]["best"]
         self.bad_epochs = int(state["early_stopping"]["bad_epochs"])
         self.stopped_early = bool(state["early_stopping"].get("stopped", False))
+        stop = state.get("stop") or {}  # checkpoints written before stop rules existed have none
+        self.stop_rule, self.time_s = str(stop.get("rule", "")), float(stop.get("time_s", 0.0))
         self.history = list(state["history"])
         ckpt.restore_rng(state["rng"], self.shuffle)
         # Restored from a checkpoint newer than the one the reporter was handed (its records lag):
@@ -233,7 +242,7 @@ class Trial:
     # -- what a loop uses -------------------------------------------------------------------------
     def epochs(self) -> Iterator[int]:
         """Epoch numbers still to run (1-based), resuming after the checkpointed one."""
-        while self.epoch < self.max_epochs and not self.stopped_early:
+        while self.epoch < self.max_epochs and not self.stopped_early and not self.stop_rule:
             self._epoch_start = time.perf_counter()
             yield self.epoch + 1
 
@@ -313,8 +322,15 @@ class Trial:
             if patience is not None and self.bad_epochs >= patience:
                 self.stopped_early = True
         metrics["early_stopped"] = int(self.stopped_early)
+        self.time_s += elapsed
+        limit = self.config.train.time_limit_s
+        if not diverged and any(reached(metrics.get(m), value, mode) for m, (value, mode) in self._targets.items()):
+            self.stop_rule = "target"
+        elif not diverged and limit is not None and self.time_s >= limit and self.epoch < self.max_epochs:
+            self.stop_rule = "time_limit"
+        metrics["stop_rule"] = self.stop_rule
         self.history.append({k: v for k, v in metrics.items()})
-        stop = diverged or self.stopped_early
+        stop = diverged or self.stopped_early or bool(self.stop_rule)
         due = stop or self.epoch >= self.max_epochs or self.epoch % self.config.checkpoint.every == 0
         if due and not diverged:
             self._report_checkpoint(metrics)

@@ -245,8 +245,10 @@ def _tune_on_ray(config: ExperimentConfig, data: Splits, run_dir: str, tune: Any
     from .results import write_results
 
     local_dir = local_dir or run_dir
+    from . import _ray
+
     grid = tune()
-    write_results(run_dir, config, data, grid, local_dir=local_dir)
+    write_results(run_dir, config, data, grid, local_dir=local_dir, run_stop=_ray.run_stop())
     if st.is_uri(run_dir):  # the rest was uploaded as it changed (HistoryCallback)
         st.Mirror(local_dir, run_dir).sync(("results.parquet", "best.json"))
 

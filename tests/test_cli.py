@@ -168,3 +168,10 @@ def test_local_instance_listens_on_loopback_only():
     pid = gcs[0].pid
     listening = [c for c in psutil.net_connections(kind="tcp") if c.status == "LISTEN" and c.pid == pid]
     assert all(c.laddr.ip in ("127.0.0.1", "::ffff:127.0.0.1") for c in listening), listening
+
+
+def test_every_override_has_a_flag():
+    from raytune_torch.cli import _OVERRIDE_FLAGS
+    from raytune_torch.config import OVERRIDES
+
+    assert sorted(dest for _, dest, _, _ in _OVERRIDE_FLAGS) == sorted(OVERRIDES)

@@ -11,6 +11,7 @@ checks that the installed Ray is in the tested range (:mod:`.version`).
 * :mod:`.trial` — the trainable, the reporter a trial talks to, the shared data
 * :mod:`.callbacks` — history, TensorBoard and console callbacks in the driver
 * :mod:`.run` — building, fitting and restoring the Tuner
+* :mod:`.stop` — the run's own stop rules (time budget, ``stop_all_at``)
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ _check_version(ray.__version__)
 from .callbacks import HISTORY_FILE, ConsoleCallback, HistoryCallback, finish_status, trial_dirname  # noqa: E402
 from .cluster import check_resources, check_storage, connect  # noqa: E402
 from .local import is_running, shutdown, start_local  # noqa: E402
-from .run import can_restore, restore_tuner, run_tuner  # noqa: E402
+from .run import can_restore, restore_tuner, run_stop, run_tuner  # noqa: E402
 from .search import SearchPlan, build_scheduler, build_search, param_space  # noqa: E402
 from .trial import RayReporter, SharedData, share  # noqa: E402
 
@@ -44,6 +45,7 @@ __all__ = [
     "share",
     "run_tuner",
     "restore_tuner",
+    "run_stop",
     "can_restore",
     "HistoryCallback",
     "ConsoleCallback",

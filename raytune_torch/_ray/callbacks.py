@@ -219,15 +219,20 @@ class ConsoleCallback(tune.Callback):
 
 
 def finish_status(last: dict[str, Any], max_epochs: int | None) -> str:
-    """What ended a trial, from its last result: ``diverged``, ``done`` (every epoch trained;
-    patience running out at the last epoch ends nothing early), ``early-stopped`` (patience), or
-    ``pruned`` (the scheduler stopped it)."""
+    """What ended a trial, from its last result: ``diverged``, ``target reached`` (``stop:``),
+    ``done`` (every epoch trained; patience running out at the last epoch ends nothing early),
+    ``early-stopped`` (patience), ``time limit`` (``train.time_limit_s``), or ``pruned`` (the
+    scheduler, or the run's own rule, stopped it)."""
     if last.get("diverged"):
         return "diverged"
+    if last.get("stop_rule") == "target":
+        return "target reached"
     if max_epochs is not None and last.get("epoch", 0) >= max_epochs:
         return "done"
     if last.get("early_stopped"):
         return "early-stopped"
+    if last.get("stop_rule") == "time_limit":
+        return "time limit"
     return "pruned" if max_epochs else "done"
 
 

@@ -12,7 +12,9 @@ from ray.tune.logger import JsonLoggerCallback
 
 from .callbacks import HistoryCallback, trial_dirname
 from .local import _workers_ready
+from ..config.stop import target_modes
 from .search import SearchPlan, build_scheduler, build_search, param_space
+from .stop import RunRules, take_record
 from .trial import SharedData, TrialFunction, trainable
 
 # Tune's console and logger settings for this library's runs (documented Tune variables, set only
@@ -50,7 +52,8 @@ def _trainable(config: Any, trial_fn: TrialFunction, shared: SharedData, run_dir
 def run_tuner(config: Any, shared: SharedData, trial_fn: TrialFunction, *, run_dir_parent: str, callbacks: list,
               metric_names: tuple[str, ...] | None = None, plan: SearchPlan | None = None,
               staging: tuple[str, str] | None = None) -> Any:
-    """Build and fit the Tuner; returns Ray's ResultGrid.
+    """Build and fit the Tuner; returns Ray's ResultGrid (:func:`run_stop` then says whether a
+    rule of the run's own ended it).
 
     ``trial_fn(params, data, reporter)`` runs one trial (the experiment's, or TorchSearchCV's
     k folds). ``metric_names``: what trials report (default: the experiment's), for
@@ -59,6 +62,8 @@ def run_tuner(config: Any, shared: SharedData, trial_fn: TrialFunction, *, run_d
     from ..storage import join, ray_storage
 
     plan = plan or build_search(config)
+    take_record()  # nothing left over from an earlier run in this process
+    rules = RunRules(config.search.time_budget_s, target_modes(config, config.stop_all_at))
     tune_config = tune.TuneConfig(
         metric=config.search.metric,
         mode=config.search.mode,
@@ -81,11 +86,13 @@ def run_tuner(config: Any, shared: SharedData, trial_fn: TrialFunction, *, run_d
             checkpoint_score_order=config.search.mode,
         ),
         failure_config=tune.FailureConfig(max_failures=config.max_failures),
+        stop=rules if rules.active else None,
         verbose=0,
         log_to_file=True,
         # The history callback comes first, so no row can be lost; Ray's JSON logger stays for
         # Ray's own tools.
-        callbacks=[HistoryCallback(config, metric_names, staging), JsonLoggerCallback(), *callbacks],
+        callbacks=[HistoryCallback(config, metric_names, staging), JsonLoggerCallback(),
+                   *([rules] if rules.active else []), *callbacks],
     )
     run_dir = join(run_dir_parent, config.name)
     with _tune_env():
@@ -94,6 +101,12 @@ def run_tuner(config: Any, shared: SharedData, trial_fn: TrialFunction, *, run_d
                            tune_config=tune_config, run_config=run_config)
         _workers_ready.wait()
         return tuner.fit()
+
+
+def run_stop() -> dict[str, Any] | None:
+    """What the run's own rule (``search.time_budget_s``, ``stop_all_at``) recorded when it ended
+    the run just fitted (the rule, when, the trials it stopped), or None."""
+    return take_record()
 
 
 def can_restore(run_dir: str) -> bool:

@@ -18,6 +18,7 @@ from .resources import ResourcesConfig
 from .rules import RULES
 from .scheduler import SchedulerConfig
 from .search import SearchConfig
+from .stop import dump_targets, parse_targets
 from .train import METRICS, TASKS, TrainConfig, direction, reported_name
 
 __all__ = ["ExperimentConfig", "Section", "SECTIONS"]
@@ -42,6 +43,8 @@ class ExperimentConfig:
     scheduler: SchedulerConfig = SchedulerConfig()
     resources: ResourcesConfig = ResourcesConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
+    stop: Mapping[str, float] = field(default_factory=dict)
+    stop_all_at: Mapping[str, float] = field(default_factory=dict)
     max_failures: int = 2
     tensorboard: bool = True
     import_paths: tuple[str, ...] = ()
@@ -172,6 +175,8 @@ SECTIONS: dict[str, Section] = {
     "scheduler": Section(SchedulerConfig.from_dict, SchedulerConfig.to_dict),
     "resources": Section(ResourcesConfig.from_dict, ResourcesConfig.to_dict),
     "checkpoint": Section(CheckpointConfig.from_dict, CheckpointConfig.to_dict),
+    "stop": Section(parse_targets("stop"), dump_targets),
+    "stop_all_at": Section(parse_targets("stop_all_at"), dump_targets),
     "max_failures": Section(lambda value, problems: problems.typed("max_failures", value, int, minimum=0)),
     "tensorboard": Section(lambda value, problems: problems.boolean("tensorboard", value)),
     "import_paths": Section(_import_paths, lambda paths: list(paths) or None),

@@ -25,11 +25,13 @@ OVERRIDES = {
     "search": ("search", "algorithm"),
     "num_samples": ("search", "num_samples"),
     "max_concurrent": ("search", "max_concurrent"),
+    "time_budget_s": ("search", "time_budget_s"),
     "metric": ("search", "metric"),
     "mode": ("search", "mode"),
     "scheduler": ("scheduler", "name"),
     "max_failures": ("max_failures",),
     "max_epochs": ("train", "max_epochs"),
+    "time_limit_s": ("train", "time_limit_s"),
     "cpus_per_trial": ("resources", "cpu"),
     "gpus_per_trial": ("resources", "gpu"),
 }

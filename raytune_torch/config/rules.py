@@ -13,6 +13,7 @@ from .. import space as sp
 from ._problems import Problems
 from .data import BUNDLED_DATASETS
 from .scheduler import check_grace_period
+from .stop import check_targets
 from .train import check_metrics, reported_name
 
 if TYPE_CHECKING:
@@ -29,6 +30,7 @@ __all__ = [
     "grace_period_within_training",
     "hyperband_without_concurrency_limit",
     "pbt_can_mutate",
+    "stop_targets_are_reported",
 ]
 
 # Built-in losses that belong to the other task.
@@ -122,6 +124,11 @@ def pbt_can_mutate(config: ExperimentConfig) -> list[str]:
     return problems
 
 
+def stop_targets_are_reported(config: ExperimentConfig) -> list[str]:
+    """``stop`` and ``stop_all_at`` name metrics that trials report, in a known direction."""
+    return check_targets(config)
+
+
 RULES: tuple[Callable[[ExperimentConfig], list[str]], ...] = (
     task_fits_dataset,
     loss_fits_task,
@@ -132,4 +139,5 @@ RULES: tuple[Callable[[ExperimentConfig], list[str]], ...] = (
     grace_period_within_training,
     hyperband_without_concurrency_limit,
     pbt_can_mutate,
+    stop_targets_are_reported,
 )

@@ -15,13 +15,16 @@ __all__ = ["SearchConfig"]
 class SearchConfig:
     """The searcher (:data:`raytune_torch.space.SEARCHERS`), ``num_samples`` (>= 1) trials, and the
     reported ``metric`` to ``mode`` (min or max). A ``mode`` not written is None here and follows
-    the metric once the experiment knows its metrics (:func:`raytune_torch.config.train.direction`)."""
+    the metric once the experiment knows its metrics (:func:`raytune_torch.config.train.direction`).
+    ``time_budget_s`` (> 0) bounds the whole run's wall time: then running trials are stopped
+    (keeping what they reported) and no new one starts."""
 
     algorithm: str = "random"
     num_samples: int = 1
     metric: str = "val_loss"
     mode: str | None = None
     max_concurrent: int | None = None
+    time_budget_s: float | None = None
 
     @classmethod
     def from_dict(cls, raw: Any, problems: Problems) -> SearchConfig:
@@ -39,10 +42,14 @@ class SearchConfig:
         max_concurrent = search.get("max_concurrent")
         if max_concurrent is not None:
             max_concurrent = problems.typed("search.max_concurrent", max_concurrent, int, minimum=1)
+        budget = search.get("time_budget_s")
+        if budget is not None:
+            budget = problems.typed("search.time_budget_s", budget, float, minimum=0.0, exclusive_min=True)
         # algorithm and metric are kept as written: the rules after parsing report on them again
         return cls(algorithm=algorithm, metric=metric,
-                   **given(num_samples=num_samples, mode=mode, max_concurrent=max_concurrent))
+                   **given(num_samples=num_samples, mode=mode, max_concurrent=max_concurrent,
+                           time_budget_s=budget))
 
     def to_dict(self) -> dict[str, Any]:
-        """The section as the file writes it, ``mode`` included; no ``max_concurrent`` when unset."""
+        """The section as the file writes it, ``mode`` included; unset options left out."""
         return {k: v for k, v in asdict(self).items() if v is not None}

@@ -142,7 +142,8 @@ class TrainConfig:
     ``pkg.mod:fn``; see :mod:`raytune_torch.metrics`); read from a file without ``metrics``, it is
     None until the experiment fills in its task's first metric. ``precision`` is one of
     :data:`PRECISIONS`. ``step`` (one batch) or ``loop`` (the whole loop) replace the built-in
-    training, as ``pkg.mod:function``.
+    training, as ``pkg.mod:function``. ``time_limit_s`` (> 0) stops a trial once its epochs have
+    taken that many seconds in all (summed across resumes), after the epoch that crosses it.
     """
 
     max_epochs: int = 10
@@ -152,6 +153,7 @@ class TrainConfig:
     early_stopping: EarlyStoppingConfig | None = None
     step: str | Callable | None = None
     loop: str | Callable | None = None
+    time_limit_s: float | None = None
 
     @classmethod
     def from_dict(cls, raw: Any, problems: Problems) -> TrainConfig:
@@ -177,12 +179,15 @@ class TrainConfig:
         for key in ("step", "loop"):
             if train.get(key) is not None:
                 problems.import_path(f"train.{key}", train[key], what="function")
+        time_limit = train.get("time_limit_s")
+        if time_limit is not None:
+            time_limit = problems.typed("train.time_limit_s", time_limit, float, minimum=0.0, exclusive_min=True)
         if train.get("step") is not None and train.get("loop") is not None:
             problems.add("train: set `step` (your per-batch step) or `loop` (your whole loop), not both")
         return cls(
             metrics=None if metrics is None else tuple(metrics),
             **given(max_epochs=max_epochs, batch_size=batch_size, precision=precision, step=train.get("step"),
-                    loop=train.get("loop"), early_stopping=early),
+                    loop=train.get("loop"), early_stopping=early, time_limit_s=time_limit),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -194,7 +199,7 @@ class TrainConfig:
             out["metrics"] = list(self.metrics)
         if self.early_stopping is not None:
             out["early_stopping"] = self.early_stopping.to_dict()
-        for key in ("step", "loop"):
+        for key in ("step", "loop", "time_limit_s"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
         return out
