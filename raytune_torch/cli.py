@@ -87,8 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-data", action="store_true", help="check the file only (skip loading data and the batch)")
     _add_overrides(p)
 
-    p = sub.add_parser("resume", help="continue an interrupted run from its checkpoints")
+    p = sub.add_parser("resume", help="continue an interrupted run from its checkpoints, or add trials to a "
+                                      "finished one (--num-samples)")
     p.add_argument("run_dir", help="the run directory (STORAGE/NAME)")
+    p.add_argument("--num-samples", type=int, default=None,
+                   help="add this many trials to a finished run (the searcher keeps what it learned)")
     p.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
                    help="join this Ray cluster instead of starting one (default: RAY_ADDRESS)")
     _add_cluster(p)
@@ -142,7 +145,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_resume(args: argparse.Namespace) -> int:
     from .tuner import resume
 
-    resume(args.run_dir, address=args.address, quiet=args.quiet, token_file=args.token_file)
+    resume(args.run_dir, address=args.address, quiet=args.quiet, token_file=args.token_file,
+           num_samples=args.num_samples)
     return 0
 
 

@@ -81,6 +81,32 @@ def _better(a: float, b: float, mode: str) -> bool:
     return a < b if mode == "min" else a > b
 
 
+#: in a run that ``resume --num-samples`` extends: the earlier results, merged into the new ones
+EARLIER_RESULTS, EARLIER_BEST = "results.earlier.parquet", "best.earlier.json"
+
+
+def set_aside_results(local_dir: str) -> None:
+    """Before more trials are added to a finished run: its results become the earlier ones (a
+    second extension merges them first), and the run counts as unfinished until they are merged."""
+    earlier = Path(local_dir, EARLIER_RESULTS)
+    if not earlier.exists():
+        os.replace(Path(local_dir, "results.parquet"), earlier)
+        os.replace(Path(local_dir, "best.json"), Path(local_dir, EARLIER_BEST))
+    else:  # an extension that did not finish: the earlier files already hold everything before it
+        for name in ("results.parquet", "best.json"):
+            Path(local_dir, name).unlink(missing_ok=True)
+
+
+def _earlier(local_dir: str) -> tuple[list[dict], dict | None]:
+    """The rows and ``best.json`` of the run before it was extended (none when it was not)."""
+    import pyarrow.parquet as pq
+
+    path = Path(local_dir, EARLIER_RESULTS)
+    if not path.exists():
+        return [], None
+    return pq.read_table(path).to_pylist(), json.loads(Path(local_dir, EARLIER_BEST).read_text())
+
+
 def write_results(run_dir: str, config: Any, data: Any, grid: Any, local_dir: str | None = None,
                   run_stop: dict | None = None) -> None:
     """Write ``results.parquet`` and ``best.json`` from Ray's ResultGrid.
@@ -104,9 +130,12 @@ def write_results(run_dir: str, config: Any, data: Any, grid: Any, local_dir: st
 
     metric, mode = config.search.metric, config.search.mode
     metric_names = config.metric_names
-    rows: list[dict] = []
+    earlier_rows, earlier_best = _earlier(local_dir)
+    rows: list[dict] = [{k: v for k, v in r.items() if v is not None} for r in earlier_rows]
     best: dict | None = None
-    trials = []
+    if earlier_best is not None and "trial_id" in earlier_best:
+        best = {k: earlier_best[k] for k in ("value", "trial_id", "epoch", "params", "metrics", "checkpoint", "status")}
+    trials = list(dict.fromkeys(r["trial_id"] for r in earlier_rows))
     for result in grid:
         trial_id = Path(result.path).name.removeprefix("trial_")
         error = _error_text(result.error)
@@ -149,7 +178,7 @@ def write_results(run_dir: str, config: Any, data: Any, grid: Any, local_dir: st
         "feature_mean": None if data.feature_mean is None else data.feature_mean.tolist(),
         "feature_std": None if data.feature_std is None else data.feature_std.tolist(),
     }
-    summary["checkpoint_bytes"] = sum(_checkpoint_bytes(r) for r in grid)
+    summary["checkpoint_bytes"] = sum(_checkpoint_bytes(r) for r in grid) + (earlier_best or {}).get("checkpoint_bytes", 0)
     if run_stop is not None:
         summary["stopped_by"] = {k: v for k, v in run_stop.items() if k != "stopped_trials"}
     if best is not None:
@@ -159,6 +188,8 @@ def write_results(run_dir: str, config: Any, data: Any, grid: Any, local_dir: st
         if data.has_test and best["checkpoint"]:
             summary["test_metrics"] = _score_test(config, data, best)
     Path(local_dir, "best.json").write_text(json.dumps(_jsonable(summary), indent=2))
+    for name in (EARLIER_RESULTS, EARLIER_BEST):  # merged: the run is one whole again
+        Path(local_dir, name).unlink(missing_ok=True)
 
 
 def _error_text(error: BaseException | None) -> str | None:

@@ -131,10 +131,18 @@ def run(source: str | os.PathLike | dict | ExperimentConfig, *, address: str | N
 
     started = time.monotonic()
     config = _config(source, **overrides)
-    plan = _ray.build_search(config)  # fails early when a searcher is not installed
+    known = _known(config.search.warm_start, config) if config.search.warm_start else []
+    plan = _ray.build_search(config, known=known)  # fails early when a searcher is not installed
     with _on_ray(config, address, token_file, num_gpus) as (shared, data):
         run_dir = _run_on_ray(config, shared, data, plan, quiet, callbacks)
     return _finished(run_dir, started, quiet)
+
+
+def _known(run_dir: str, config: ExperimentConfig, where: str = "search.warm_start") -> list:
+    """The earlier run's trials and scores, checked against the experiment's space and metric."""
+    from .warm import known_trials
+
+    return known_trials(run_dir, config.space, config.search.metric, config.search.mode, where=where)
 
 
 def _run_on_ray(config: ExperimentConfig, shared: Any, data: Splits, plan: Any, quiet: bool,
@@ -262,13 +270,18 @@ def _finished(run_dir: str, started: float, quiet: bool):
 
 
 def resume(run_dir: str | os.PathLike, *, address: str | None = None, quiet: bool = False,
-           token_file: str | None = None):
+           token_file: str | None = None, num_samples: int | None = None):
     """Continue an interrupted run: finished trials are not run again, unfinished (and errored)
     trials continue from their newest complete checkpoint; then the results are written.
+
+    With ``num_samples``, add that many trials to a *finished* run instead, in the same run
+    directory (see :func:`extend`).
 
     Raises:
         ResultsError: ``run_dir`` is missing, is not a raytune_torch run, or already finished.
     """
+    if num_samples is not None:
+        return extend(run_dir, num_samples, address=address, quiet=quiet, token_file=token_file)
     _token_env(address, token_file)
     from . import _ray
     from .exceptions import ResultsError
@@ -292,4 +305,67 @@ def resume(run_dir: str | os.PathLike, *, address: str | None = None, quiet: boo
         _check_cluster(config, run_dir, quiet)
         _tune_on_ray(config, data, run_dir,
                      lambda: _ray.restore_tuner(run_dir, config, shared, _trial_function(config)), local_dir=local_dir)
+    return _finished(run_dir, started, quiet)
+
+
+def extend(run_dir: str | os.PathLike, num_samples: int, *, address: str | None = None, quiet: bool = False,
+           token_file: str | None = None):
+    """Add ``num_samples`` trials to the finished run in ``run_dir``, in the same directory.
+
+    The searcher keeps what it learned: Optuna starts from every earlier trial and its score;
+    random search draws new configurations (its seed moves on by the number of earlier trials).
+    ``points_to_evaluate`` are not run again. Results and TensorBoard continue: ``results.parquet``
+    and ``best.json`` cover every trial, earlier and new. A scheduler (ASHA, ...) judges the new
+    trials among themselves. If the extension is interrupted, ``resume`` finishes it.
+
+    Raises:
+        ResultsError: not a finished run.
+        ConfigError: a grid run (every point already ran), or ``num_samples`` below 1.
+    """
+    from dataclasses import replace
+
+    from . import _ray
+    from .exceptions import ConfigError, ResultsError
+    from .results import TuneResult, set_aside_results
+
+    _token_env(address, token_file)
+    started = time.monotonic()
+    run_dir = st.absolute(run_dir)
+    shown = st.display(run_dir)
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise ConfigError([f"--num-samples: must be an integer >= 1 (the trials to add), got {num_samples!r}"])
+    if not st.exists(st.join(run_dir, "experiment.yaml")):
+        raise ResultsError(f"{shown!r} is not a raytune_torch run (no experiment.yaml); give STORAGE/NAME of a "
+                           f"finished run")
+    config = _config(_local_dir(run_dir, fresh=False) + "/experiment.yaml")
+    if config.search.algorithm == "grid":
+        raise ConfigError([f"search.algorithm: the grid run in {shown!r} already ran every point of its grid, so "
+                           f"there is nothing to add; to search further, run the experiment with search: random or "
+                           f"optuna under a new --name (search.warm_start can start from this run)"])
+    try:
+        earlier = TuneResult(run_dir)
+    except ResultsError as exc:
+        raise ResultsError(f"{exc}; --num-samples adds trials to a finished run (an interrupted one is "
+                           f"finished with `raytune-torch resume {shown}` first)") from None
+    n_earlier = int(earlier.table["trial_id"].nunique())
+    known = _known(run_dir, config, where="resume --num-samples") if config.search.algorithm == "optuna" else []
+    config = replace(config, search=replace(config.search, num_samples=num_samples, points_to_evaluate=()))
+    if not st.is_uri(run_dir):  # the run may have moved since: its directory decides where it is
+        config = replace(config, storage=os.path.dirname(run_dir.rstrip("/")), name=os.path.basename(run_dir.rstrip("/")))
+    plan = _ray.build_search(config, known=known, seed=config.seed + n_earlier)
+    local_dir = _local_dir(run_dir, fresh=False)
+    with _on_ray(config, address, token_file, None) as (shared, data):
+        _echo(f"raytune-torch: adding {num_samples} trial(s) to {config.name} ({n_earlier} earlier) in {shown}", quiet)
+        if plan.note:
+            _echo(f"raytune-torch: {plan.note}", quiet)
+        _check_cluster(config, run_dir, quiet)
+        set_aside_results(local_dir)
+
+        def tune() -> Any:
+            console = [] if quiet else [_ray.ConsoleCallback(config.search.metric, plan.total,
+                                                                max_epochs=config.train.max_epochs)]
+            return _ray.run_tuner(config, shared, _trial_function(config), run_dir_parent=st.absolute(config.storage),
+                                  callbacks=console, plan=plan, staging=_staging(run_dir, local_dir))
+
+        _tune_on_ray(config, data, run_dir, tune, local_dir=local_dir)
     return _finished(run_dir, started, quiet)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,15 +59,21 @@ class SearchPlan:
     note: str | None = None
 
 
-def build_search(config: Any, model_size: Callable[[dict[str, Any]], int | None] | None = None) -> SearchPlan:
+def build_search(config: Any, model_size: Callable[[dict[str, Any]], int | None] | None = None, *,
+                 known: Sequence[Any] = (), seed: int | None = None) -> SearchPlan:
     """The search algorithm for the experiment's searcher and space.
 
     ``model_size(point)`` (a grid point's parameter count, when the data's shape is known) lets a
     grid under the FIFO scheduler run its largest models first (:func:`_largest_first`).
+    ``known``: earlier trials (:class:`raytune_torch.warm.Known`) a learning searcher starts from;
+    ``seed``: the searcher's seed (default: the experiment's; a run that adds trials to an earlier
+    one draws from another).
     """
     search = config.search
     space = config.space
     algorithm = search.algorithm
+    seed = config.seed if seed is None else seed
+    points = [dict(p) for p in search.points_to_evaluate] or None
     if algorithm == "grid":
         from ray.tune.search.basic_variant import BasicVariantGenerator
 
@@ -85,7 +91,8 @@ def build_search(config: Any, model_size: Callable[[dict[str, Any]], int | None]
         from ray.tune.search.basic_variant import BasicVariantGenerator
 
         grid = max(1, len(sp.grid_points(space, "random")))
-        alg = BasicVariantGenerator(random_state=config.seed, max_concurrent=search.max_concurrent or 0)
+        alg = BasicVariantGenerator(points_to_evaluate=points, random_state=seed,
+                                    max_concurrent=search.max_concurrent or 0)
         note = f"{grid} grid point(s) x {search.num_samples} sample(s)" if grid > 1 else None
         return SearchPlan(alg, search.num_samples, grid * search.num_samples, note)
     if algorithm == "optuna":
@@ -102,16 +109,49 @@ def build_search(config: Any, model_size: Callable[[dict[str, Any]], int | None]
             sampler = optuna.samplers.GridSampler(grid, seed=config.seed)
             return SearchPlan(OptunaSearch(sampler=sampler, seed=config.seed), n, n,
                               f"an all-grid space runs as Optuna's GridSampler: {n} trials")
-        sampler = optuna.samplers.TPESampler(seed=config.seed)
-        return SearchPlan(OptunaSearch(sampler=sampler), search.num_samples, search.num_samples)
+        sampler = optuna.samplers.TPESampler(seed=seed)
+        study = _known_study(known, space, search.mode) if known else {}
+        note = f"Optuna starts from {len(known)} earlier trial(s)" if known else None
+        return SearchPlan(OptunaSearch(sampler=sampler, points_to_evaluate=points, **study),
+                          search.num_samples, search.num_samples, note)
     if algorithm == "hyperopt":
         try:
             from ray.tune.search.hyperopt import HyperOptSearch
             import hyperopt  # noqa: F401
         except ImportError:
             raise ConfigError(["search: hyperopt is not installed; pip install 'raytune-torch[hyperopt]'"]) from None
-        return SearchPlan(HyperOptSearch(random_state_seed=config.seed), search.num_samples, search.num_samples)
+        return SearchPlan(HyperOptSearch(points_to_evaluate=points, random_state_seed=seed), search.num_samples,
+                          search.num_samples)
     raise ConfigError([f"search.algorithm: unknown searcher {algorithm!r}"])
+
+
+def _optuna_distribution(param: sp.Param) -> Any:
+    """The Optuna distribution Ray's OptunaSearch makes of the parameter's Tune domain."""
+    import optuna
+
+    d = optuna.distributions
+    if isinstance(param, sp.Float):
+        return d.FloatDistribution(param.low, param.high, log=param.log, step=param.step)
+    if isinstance(param, sp.Int):
+        return d.IntDistribution(param.low, param.high, log=param.log, step=param.step or 1)
+    return d.CategoricalDistribution(list(param.values))
+
+
+def _known_study(known: Sequence[Any], space: Mapping[str, Any], mode: str) -> dict[str, Any]:
+    """OptunaSearch's ``storage`` and ``study_name`` for a study that already holds ``known``
+    trials as completed ones (Optuna's public ``add_trial``), so TPE starts from them."""
+    import optuna
+
+    storage = optuna.storages.InMemoryStorage()
+    name = "raytune_torch"
+    study = optuna.create_study(storage=storage, study_name=name,
+                                direction="maximize" if mode == "max" else "minimize")
+    searched = sp.searched(space)
+    distributions = {k: _optuna_distribution(v) for k, v in searched.items()}
+    for trial in known:
+        study.add_trial(optuna.trial.create_trial(params=dict(trial.params), distributions=distributions,
+                                                  value=float(trial.value)))
+    return {"storage": storage, "study_name": name}
 
 
 def _largest_first(points: list[dict[str, Any]], model_size: Callable[[dict[str, Any]], int | None]) -> list[dict[str, Any]]:

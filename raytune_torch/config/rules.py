@@ -31,6 +31,7 @@ __all__ = [
     "hyperband_without_concurrency_limit",
     "pbt_can_mutate",
     "stop_targets_are_reported",
+    "points_fit_the_searcher",
 ]
 
 # Built-in losses that belong to the other task.
@@ -129,6 +130,31 @@ def stop_targets_are_reported(config: ExperimentConfig) -> list[str]:
     return check_targets(config)
 
 
+def points_fit_the_searcher(config: ExperimentConfig) -> list[str]:
+    """``points_to_evaluate`` lie in the space, and the searcher can take them and ``warm_start``."""
+    from ..warm import LEARNING_SEARCHERS, check_points
+
+    search, problems = config.search, []
+    if search.points_to_evaluate:
+        if search.algorithm == "grid":
+            problems.append("search.points_to_evaluate: the grid searcher runs every point of the grid already; add "
+                            "the values to the grid, or use search: random or optuna")
+        else:
+            problems.extend(check_points(config.space, search.points_to_evaluate))
+        if search.algorithm in ("optuna", "hyperopt"):
+            searched = set(sp.searched(config.space))
+            partial = [i for i, p in enumerate(search.points_to_evaluate) if set(p) != searched]
+            if partial:
+                problems.append(f"search.points_to_evaluate: {search.algorithm} needs every searched parameter in each "
+                                f"point ({', '.join(sorted(searched))}); point(s) {partial} leave some out (search: "
+                                f"random fills them in)")
+    if search.warm_start is not None and search.algorithm not in LEARNING_SEARCHERS:
+        problems.append(f"search.warm_start: {search.algorithm!r} does not learn from earlier scores (Ray's searcher for "
+                        f"it takes no evaluated points); use search: optuna, or give the best earlier configurations "
+                        f"as search.points_to_evaluate")
+    return problems
+
+
 RULES: tuple[Callable[[ExperimentConfig], list[str]], ...] = (
     task_fits_dataset,
     loss_fits_task,
@@ -140,4 +166,5 @@ RULES: tuple[Callable[[ExperimentConfig], list[str]], ...] = (
     hyperband_without_concurrency_limit,
     pbt_can_mutate,
     stop_targets_are_reported,
+    points_fit_the_searcher,
 )
