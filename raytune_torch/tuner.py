@@ -16,6 +16,7 @@ from . import space as sp
 from . import storage as st
 from .config import ExperimentConfig, config_to_dict, load_config
 from .data import Splits, load_data
+from .trackers import check_trackers
 
 __all__ = ["run", "resume", "prepare"]
 
@@ -132,6 +133,7 @@ def run(source: str | os.PathLike | dict | ExperimentConfig, *, address: str | N
     started = time.monotonic()
     config = _config(source, **overrides)
     plan = _ray.build_search(config)  # fails early when a searcher is not installed
+    check_trackers(config)  # and when a tracker's package is missing or its store is refused
     with _on_ray(config, address, token_file, num_gpus) as (shared, data):
         run_dir = _run_on_ray(config, shared, data, plan, quiet, callbacks)
     return _finished(run_dir, started, quiet)
@@ -285,6 +287,7 @@ def resume(run_dir: str | os.PathLike, *, address: str | None = None, quiet: boo
         raise ResultsError(f"the run in {shown!r} already finished; see `raytune-torch results {shown}` "
                            f"(to tune again, run the experiment under a new --name)")
     config = _config(saved)
+    check_trackers(config)
     with _on_ray(config, address, token_file, None) as (shared, data):
         _echo(f"raytune-torch: resuming {config.name} from {shown}", quiet)
         _check_cluster(config, run_dir, quiet)

@@ -12,6 +12,7 @@ from ray.tune.logger import JsonLoggerCallback
 
 from .callbacks import HistoryCallback, trial_dirname
 from .local import _workers_ready
+from .loggers import logger_callbacks
 from .search import SearchPlan, build_scheduler, build_search, param_space
 from .trial import SharedData, TrialFunction, trainable
 
@@ -59,6 +60,7 @@ def run_tuner(config: Any, shared: SharedData, trial_fn: TrialFunction, *, run_d
     from ..storage import join, ray_storage
 
     plan = plan or build_search(config)
+    run_dir = join(run_dir_parent, config.name)
     tune_config = tune.TuneConfig(
         metric=config.search.metric,
         mode=config.search.mode,
@@ -84,10 +86,10 @@ def run_tuner(config: Any, shared: SharedData, trial_fn: TrialFunction, *, run_d
         verbose=0,
         log_to_file=True,
         # The history callback comes first, so no row can be lost; Ray's JSON logger stays for
-        # Ray's own tools.
-        callbacks=[HistoryCallback(config, metric_names, staging), JsonLoggerCallback(), *callbacks],
+        # Ray's own tools; then the trackers of `loggers:` (MLflow, W&B).
+        callbacks=[HistoryCallback(config, metric_names, staging), JsonLoggerCallback(),
+                   *logger_callbacks(config, staging[0] if staging else run_dir), *callbacks],
     )
-    run_dir = join(run_dir_parent, config.name)
     with _tune_env():
         tuner = tune.Tuner(_trainable(config, trial_fn, shared, run_dir),
                            param_space=param_space(config.space, config.search.algorithm),

@@ -13,6 +13,7 @@ from ._problems import Problems
 from .checkpoint import CheckpointConfig
 from .components import ComponentConfig
 from .data import BUNDLED_DATASETS, DataConfig
+from .loggers import MLflowLogger, WandbLogger, dump_loggers, parse_loggers
 from .params import parse_space
 from .resources import ResourcesConfig
 from .rules import RULES
@@ -44,6 +45,7 @@ class ExperimentConfig:
     checkpoint: CheckpointConfig = CheckpointConfig()
     max_failures: int = 2
     tensorboard: bool = True
+    loggers: tuple[MLflowLogger | WandbLogger, ...] = ()
     import_paths: tuple[str, ...] = ()
 
     @property
@@ -174,5 +176,6 @@ SECTIONS: dict[str, Section] = {
     "checkpoint": Section(CheckpointConfig.from_dict, CheckpointConfig.to_dict),
     "max_failures": Section(lambda value, problems: problems.typed("max_failures", value, int, minimum=0)),
     "tensorboard": Section(lambda value, problems: problems.boolean("tensorboard", value)),
+    "loggers": Section(parse_loggers, dump_loggers),
     "import_paths": Section(_import_paths, lambda paths: list(paths) or None),
 }
