@@ -18,7 +18,8 @@ from .config import ExperimentConfig, MLflowLogger, WandbLogger
 from .config.loggers import missing_package
 from .exceptions import ConfigError
 
-__all__ = ["tracker_settings", "check_trackers", "absolute_tracking_uri", "local_store", "TRACKER_ENV"]
+__all__ = ["tracker_settings", "check_trackers", "absolute_tracking_uri", "local_store", "TRACKER_ENV", "job_env",
+           "job_problems"]
 
 #: Environment variables a tracker reads that are not secrets: ``submit`` passes those set on
 #: this machine to the job (API keys and tokens are never sent: set them on the cluster).
@@ -150,3 +151,35 @@ def _check_wandb(where: str, settings: Mapping[str, Any], env: Mapping[str, str]
         pass
     return [f"{where}: W&B runs online but finds no API key; set WANDB_API_KEY, run `wandb login`, give "
             f"api_key_file, or use `mode: offline` (sync later with `wandb sync`)"]
+
+
+def job_env(config: ExperimentConfig, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The tracker variables of :data:`TRACKER_ENV` set here, for the trackers the experiment asks
+    for: what ``submit`` passes to the job, so the cluster resolves the same settings."""
+    env = os.environ if environ is None else environ
+    names = [key for logger in config.loggers for key in TRACKER_ENV[logger.name]]
+    return {key: env[key] for key in names if env.get(key)}
+
+
+def job_problems(config: ExperimentConfig, environ: Mapping[str, str] | None = None) -> list[str]:
+    """What a tracker would lose on a cluster: MLflow with no tracking URI, or a relative local one,
+    and a relative W&B ``dir``, would write into the job's temporary working directory."""
+    problems = []
+    for i, (logger, (name, settings)) in enumerate(zip(config.loggers, tracker_settings(config, environ))):
+        where = f"loggers[{i}]"
+        if name == "mlflow":
+            uri = logger.settings(config.name, environ)["tracking_uri"]
+            if uri is None:
+                problems.append(f"{where}.tracking_uri: not set (nor MLFLOW_TRACKING_URI here); on the cluster MLflow "
+                                f"would write into the job's temporary working directory and lose it. Set it to a "
+                                f"server (http://HOST:5000) or a location every node sees "
+                                f"(sqlite:////mnt/shared/mlflow.db)")
+            elif local_store(uri) and absolute_tracking_uri(uri) != uri:
+                problems.append(f"{where}.tracking_uri: {uri!r} is a relative path; on the cluster it would land in "
+                                f"the job's temporary working directory and be lost. Use a server (http://HOST:5000) "
+                                f"or an absolute location every node sees (sqlite:////mnt/shared/mlflow.db)")
+        elif logger.dir is not None and not os.path.isabs(os.path.expanduser(logger.dir)):
+            problems.append(f"{where}.dir: {logger.dir!r} is a relative path; on the cluster it would land in the "
+                            f"job's temporary working directory and be lost. Leave it out (W&B's files go to the "
+                            f"run directory) or give an absolute path every node sees")
+    return problems

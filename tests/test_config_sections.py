@@ -107,7 +107,7 @@ def test_sections_cover_every_experiment_field():
     # the order the file is checked and written in, and the "allowed:" list of an unknown key
     assert list(SECTIONS) == ["name", "seed", "storage", "task", "data", "model", "optimizer", "loss", "lr_scheduler",
                               "train", "space", "search", "scheduler", "resources", "checkpoint", "max_failures",
-                              "tensorboard", "import_paths"]
+                              "tensorboard", "loggers", "import_paths"]
 
 
 def test_absent_sections_take_the_field_defaults():
