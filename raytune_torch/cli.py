@@ -243,14 +243,18 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     from .config import load_config
     from .space import grid_points
 
+    from .trackers import check_trackers
+
     if args.no_data:
         config = load_config(args.experiment, **_overrides(args))
+        check_trackers(config)
         print(f"OK: {args.experiment} is a valid experiment ({config.name}: search={config.search.algorithm}, "
               f"scheduler={config.scheduler.name}, metric={config.search.metric})")
         return 0
     from .tuner import prepare
 
     config, data = prepare(args.experiment, **_overrides(args))
+    check_trackers(config)
     grid = len(grid_points(config.space, config.search.algorithm)) if config.search.algorithm in ("grid", "random") else 1
     trials = grid * config.search.num_samples if config.search.algorithm in ("grid", "random") else config.search.num_samples
     print(f"OK: {args.experiment}: {config.name}; about {trials} trial(s), search={config.search.algorithm}, "

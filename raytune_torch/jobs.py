@@ -69,8 +69,8 @@ def submit(experiment: str, address: str, *, working_dir: str | None = None, wai
     failed or was stopped.
 
     Raises:
-        ConfigError: the experiment is invalid, its storage would be lost on the cluster, or it
-            lies outside the working directory. Nothing was uploaded.
+        ConfigError: the experiment is invalid, its storage or a tracker's files would be lost on
+            the cluster, or it lies outside the working directory. Nothing was uploaded.
         ClusterError: the cluster does not answer or refuses the token.
     """
     from .config import load_config
@@ -83,9 +83,17 @@ def submit(experiment: str, address: str, *, working_dir: str | None = None, wai
         raise ConfigError(f"storage: {config.storage!r} is a relative path; on the cluster it would land in the "
                           f"job's temporary working directory and be lost. Set storage to a path every node mounts "
                           f"(/mnt/shared/runs) or an object-store URI (s3://bucket/runs), in the file or with --storage")
+    from .trackers import job_env, job_problems
+
+    trackers = job_problems(config)
+    if trackers:
+        raise ConfigError(trackers)
     entrypoint, _ = remote_command(experiment, working_dir, extra_args or [])
     client = _client(address, token_file, out)
-    runtime_env = {"working_dir": os.path.abspath(working_dir), "excludes": EXCLUDES}
+    runtime_env: dict[str, Any] = {"working_dir": os.path.abspath(working_dir), "excludes": EXCLUDES}
+    tracker_env = job_env(config)  # the file's loggers travel with it; their non-secret variables here too
+    if tracker_env:
+        runtime_env["env_vars"] = tracker_env
     submission_id = job_id or f"raytune-{config.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(2).hex()}"
     job = submit_with_retry(client, address, entrypoint=entrypoint, runtime_env=runtime_env,
                             submission_id=submission_id)

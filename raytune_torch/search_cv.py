@@ -111,6 +111,9 @@ class TorchSearchCV:
         max_epochs: epochs per fold (default: the estimator's ``max_epochs``).
         storage, name: where the run directory goes (``storage/name``).
         random_state: seeds the searcher and the early-stopping inner splits.
+        loggers: experiment trackers that receive every candidate, as in the experiment file's
+            ``loggers:`` (``["mlflow"]``, ``[{"name": "wandb", "mode": "offline"}]``); checked in
+            ``fit``, before Ray starts.
     """
 
     def __init__(self, estimator: Any, params: Any, *, cv: Any = 5, scoring: Any = None, refit: Any = True,
@@ -118,7 +121,7 @@ class TorchSearchCV:
                  resources: Mapping[str, float] | None = None, max_epochs: int | None = None,
                  error_score: Any = np.nan, return_train_score: bool = False, storage: str = "runs",
                  name: str | None = None, random_state: int = 0, tensorboard: bool = True,
-                 verbose: int = 0) -> None:
+                 verbose: int = 0, loggers: Any = None) -> None:
         self.estimator = estimator
         self.params = params
         self.cv = cv
@@ -137,6 +140,7 @@ class TorchSearchCV:
         self.random_state = random_state
         self.tensorboard = tensorboard
         self.verbose = verbose
+        self.loggers = loggers
 
     # scikit-learn's parameter API (plain, no nested estimators to clone)
     def get_params(self, deep: bool = True) -> dict[str, Any]:
@@ -179,9 +183,11 @@ class TorchSearchCV:
         experiment-file rules; the model and data are the estimator's and ``fit``'s (CVSpec)."""
         from .config import (CheckpointConfig, ComponentConfig, DataConfig, ExperimentConfig, Problems,
                              ResourcesConfig, SearchConfig, TrainConfig, parse_scheduler)
+        from .config.loggers import parse_loggers
 
         problems = Problems()
         scheduler = parse_scheduler(self.scheduler, problems, max_epochs=max_epochs)
+        loggers = parse_loggers(self.loggers, problems)
         if problems:
             raise ConfigError(list(problems))
         resources = dict(self.resources or {"cpu": 1, "gpu": 0})
@@ -193,7 +199,7 @@ class TorchSearchCV:
                                 max_concurrent=self.n_jobs if self.n_jobs and self.n_jobs > 0 else None),
             scheduler=scheduler,
             resources=ResourcesConfig(cpu=float(resources.get("cpu", 1)), gpu=float(resources.get("gpu", 0))),
-            checkpoint=CheckpointConfig(), max_failures=0, tensorboard=self.tensorboard,
+            checkpoint=CheckpointConfig(), max_failures=0, tensorboard=self.tensorboard, loggers=loggers,
         )
 
     def _space(self, search: str, grid: bool) -> tuple[dict, list[dict] | None, list[dict] | None]:
@@ -259,8 +265,10 @@ class TorchSearchCV:
         import functools
 
         from . import _ray
+        from .trackers import check_trackers
 
         trial_fn = functools.partial(run_cv_trial, cpus=config.resources.cpu, gpu_share=config.resources.gpu)
+        check_trackers(config)
         owned = _ray.start_local()
         try:
             _ray.check_resources(config.resources.cpu, config.resources.gpu)

@@ -16,6 +16,7 @@ from . import space as sp
 from . import storage as st
 from .config import ExperimentConfig, config_to_dict, load_config
 from .data import Splits, load_data
+from .trackers import check_trackers
 
 __all__ = ["run", "resume", "prepare"]
 
@@ -133,6 +134,7 @@ def run(source: str | os.PathLike | dict | ExperimentConfig, *, address: str | N
     config = _config(source, **overrides)
     known = _known(config.search.warm_start, config) if config.search.warm_start else []
     plan = _ray.build_search(config, known=known)  # fails early when a searcher is not installed
+    check_trackers(config)  # and when a tracker's package is missing or its store is refused
     with _on_ray(config, address, token_file, num_gpus) as (shared, data):
         run_dir = _run_on_ray(config, shared, data, plan, quiet, callbacks)
     return _finished(run_dir, started, quiet)
@@ -298,8 +300,10 @@ def resume(run_dir: str | os.PathLike, *, address: str | None = None, quiet: boo
                            f"nothing to resume")
     if os.path.isfile(os.path.join(local_dir, "best.json")):
         raise ResultsError(f"the run in {shown!r} already finished; see `raytune-torch results {shown}` "
-                           f"(to tune again, run the experiment under a new --name)")
+                           f"(to add trials to it: `raytune-torch resume {shown} --num-samples N`; to tune "
+                           f"again, run the experiment under a new --name)")
     config = _config(saved)
+    check_trackers(config)
     with _on_ray(config, address, token_file, None) as (shared, data):
         _echo(f"raytune-torch: resuming {config.name} from {shown}", quiet)
         _check_cluster(config, run_dir, quiet)
@@ -353,6 +357,7 @@ def extend(run_dir: str | os.PathLike, num_samples: int, *, address: str | None 
     if not st.is_uri(run_dir):  # the run may have moved since: its directory decides where it is
         config = replace(config, storage=os.path.dirname(run_dir.rstrip("/")), name=os.path.basename(run_dir.rstrip("/")))
     plan = _ray.build_search(config, known=known, seed=config.seed + n_earlier)
+    check_trackers(config)
     local_dir = _local_dir(run_dir, fresh=False)
     with _on_ray(config, address, token_file, None) as (shared, data):
         _echo(f"raytune-torch: adding {num_samples} trial(s) to {config.name} ({n_earlier} earlier) in {shown}", quiet)

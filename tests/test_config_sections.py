@@ -106,8 +106,8 @@ def test_sections_cover_every_experiment_field():
     assert set(SECTIONS) == {f.name for f in dataclasses.fields(ExperimentConfig)}
     # the order the file is checked and written in, and the "allowed:" list of an unknown key
     assert list(SECTIONS) == ["name", "seed", "storage", "task", "data", "model", "optimizer", "loss", "lr_scheduler",
-                              "train", "space", "search", "scheduler", "resources", "checkpoint", "stop", "stop_all_at", "max_failures",
-                              "tensorboard", "import_paths"]
+                              "train", "space", "search", "scheduler", "resources", "checkpoint", "stop",
+                              "stop_all_at", "max_failures", "tensorboard", "loggers", "import_paths"]
 
 
 def test_absent_sections_take_the_field_defaults():

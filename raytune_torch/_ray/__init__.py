@@ -10,6 +10,7 @@ checks that the installed Ray is in the tested range (:mod:`.version`).
 * :mod:`.search` — the parameter space, searchers and schedulers
 * :mod:`.trial` — the trainable, the reporter a trial talks to, the shared data
 * :mod:`.callbacks` — history, TensorBoard and console callbacks in the driver
+* :mod:`.loggers` — Ray's MLflow and W&B callbacks for the experiment's ``loggers:``
 * :mod:`.run` — building, fitting and restoring the Tuner
 * :mod:`.stop` — the run's own stop rules (time budget, ``stop_all_at``)
 """
@@ -24,6 +25,7 @@ _check_version(ray.__version__)
 
 from .callbacks import HISTORY_FILE, ConsoleCallback, HistoryCallback, finish_status, trial_dirname  # noqa: E402
 from .cluster import check_resources, check_storage, connect  # noqa: E402
+from .loggers import logger_callbacks  # noqa: E402
 from .local import is_running, shutdown, start_local  # noqa: E402
 from .run import can_restore, restore_tuner, run_stop, run_tuner  # noqa: E402
 from .search import SearchPlan, build_scheduler, build_search, param_space  # noqa: E402
@@ -49,6 +51,7 @@ __all__ = [
     "can_restore",
     "HistoryCallback",
     "ConsoleCallback",
+    "logger_callbacks",
     "HISTORY_FILE",
     "finish_status",
     "trial_dirname",

@@ -13,6 +13,7 @@ from ray.tune.logger import JsonLoggerCallback
 from .callbacks import HistoryCallback, trial_dirname
 from .local import _workers_ready
 from ..config.stop import target_modes
+from .loggers import logger_callbacks
 from .search import SearchPlan, build_scheduler, build_search, param_space
 from .stop import RunRules, take_record
 from .trial import SharedData, TrialFunction, trainable
@@ -64,6 +65,7 @@ def run_tuner(config: Any, shared: SharedData, trial_fn: TrialFunction, *, run_d
     plan = plan or build_search(config)
     take_record()  # nothing left over from an earlier run in this process
     rules = RunRules(config.search.time_budget_s, target_modes(config, config.stop_all_at))
+    run_dir = join(run_dir_parent, config.name)
     tune_config = tune.TuneConfig(
         metric=config.search.metric,
         mode=config.search.mode,
@@ -90,11 +92,11 @@ def run_tuner(config: Any, shared: SharedData, trial_fn: TrialFunction, *, run_d
         verbose=0,
         log_to_file=True,
         # The history callback comes first, so no row can be lost; Ray's JSON logger stays for
-        # Ray's own tools.
+        # Ray's own tools; then the run's own stop rules, and the trackers of `loggers:` (MLflow, W&B).
         callbacks=[HistoryCallback(config, metric_names, staging), JsonLoggerCallback(),
-                   *([rules] if rules.active else []), *callbacks],
+                   *([rules] if rules.active else []),
+                   *logger_callbacks(config, staging[0] if staging else run_dir), *callbacks],
     )
-    run_dir = join(run_dir_parent, config.name)
     with _tune_env():
         tuner = tune.Tuner(_trainable(config, trial_fn, shared, run_dir),
                            param_space=param_space(config.space, config.search.algorithm),

@@ -14,6 +14,7 @@ from .checkpoint import CheckpointConfig
 from .components import ComponentConfig
 from .data import BUNDLED_DATASETS, DataConfig, LoaderConfig
 from .experiment import SECTIONS, ExperimentConfig, Section
+from .loggers import LOGGERS, MLflowLogger, WandbLogger
 from .load import OVERRIDES, config_to_dict, load_config
 from .params import PLAIN_PARAMS, PREFIXES, check_param_names
 from .resources import ResourcesConfig
@@ -33,6 +34,9 @@ __all__ = [
     "SchedulerConfig",
     "ResourcesConfig",
     "CheckpointConfig",
+    "MLflowLogger",
+    "WandbLogger",
+    "LOGGERS",
     "Problems",
     "Section",
     "SECTIONS",

@@ -13,6 +13,7 @@ from ._problems import Problems
 from .checkpoint import CheckpointConfig
 from .components import ComponentConfig
 from .data import BUNDLED_DATASETS, DataConfig
+from .loggers import MLflowLogger, WandbLogger, dump_loggers, parse_loggers
 from .params import parse_space
 from .resources import ResourcesConfig
 from .rules import RULES
@@ -47,6 +48,7 @@ class ExperimentConfig:
     stop_all_at: Mapping[str, float] = field(default_factory=dict)
     max_failures: int = 2
     tensorboard: bool = True
+    loggers: tuple[MLflowLogger | WandbLogger, ...] = ()
     import_paths: tuple[str, ...] = ()
 
     @property
@@ -179,5 +181,6 @@ SECTIONS: dict[str, Section] = {
     "stop_all_at": Section(parse_targets("stop_all_at"), dump_targets),
     "max_failures": Section(lambda value, problems: problems.typed("max_failures", value, int, minimum=0)),
     "tensorboard": Section(lambda value, problems: problems.boolean("tensorboard", value)),
+    "loggers": Section(parse_loggers, dump_loggers),
     "import_paths": Section(_import_paths, lambda paths: list(paths) or None),
 }
