@@ -12,7 +12,7 @@ or ``raytune-torch results RUN_DIR --plots DIR``. The files (replaced when they 
   metric of every other trial as a faint grey line.
 * ``params.png``: one panel per searched parameter: each trial's value of the metric against the
   parameter's value, on a log axis for a log range and one column per value of a choice or grid;
-  the best trial is a red star.
+  a trial pruned by the scheduler is a hollow dot, the best trial a red star.
 * ``importance.png``: each parameter's share of the metric's variance by :data:`EVALUATOR`, over
   the trials with a finite metric rebuilt as an Optuna study whose distributions come from the
   experiment's space. Skipped, with the reason in :attr:`Plots.notes` and the index, with fewer
@@ -303,6 +303,7 @@ def _params_figure(run: _Run, Figure: Any, Canvas: Any, out: Path) -> tuple[str,
     axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
     y_all = finite[run.metric].to_numpy(dtype=float)
     is_best = (finite["trial_id"] == best_id).to_numpy()
+    pruned = (finite["status"] == "pruned").to_numpy()
     for ax, name in zip(axes, names):
         param = run.space[name]
         values = list(finite[f"config/{name}"])
@@ -330,8 +331,12 @@ def _params_figure(run: _Run, Figure: Any, Canvas: Any, out: Path) -> tuple[str,
                 title += " (log)"
             elif isinstance(param, sp.Int):
                 ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.scatter(x[present & ~is_best], y_all[present & ~is_best], s=28, color="C0", alpha=0.75,
-                   edgecolors="white", linewidths=0.5, label="a trial")
+        shown = present & ~is_best
+        ax.scatter(x[shown & ~pruned], y_all[shown & ~pruned], s=28, color="C0", alpha=0.75, edgecolors="white",
+                   linewidths=0.5, label="a trial")
+        if (shown & pruned).any():
+            ax.scatter(x[shown & pruned], y_all[shown & pruned], s=28, facecolors="none", edgecolors="C0",
+                       linewidths=1.2, label="pruned by the scheduler")
         ax.scatter(x[present & is_best], y_all[present & is_best], s=220, marker="*", color=_BEST, zorder=5,
                    label=f"best ({best_id})")
         if not present.all():
@@ -344,7 +349,8 @@ def _params_figure(run: _Run, Figure: Any, Canvas: Any, out: Path) -> tuple[str,
     fig.suptitle(f"{run.metric} ({run.better} is better) of {len(finite)} trials, each at its best epoch")
     path = _save(fig, Canvas, out / "params.png")
     return path, (f"{run.metric} of each trial (at its best epoch) against {', '.join(names)}: log axis for log "
-                  f"ranges, one column per choice; the best trial {best_id} is the red star")
+                  f"ranges, one column per choice; hollow dots were pruned by the scheduler; the best trial "
+                  f"{best_id} is the red star")
 
 
 def _distribution(param: sp.Param) -> Any:
