@@ -423,7 +423,8 @@ def _importances(run: _Run) -> tuple[dict[str, float], dict[str, str]]:
         else:
             names.append(name)
     if not names:
-        raise _Skip(ResultsError(f"no searched parameter is usable ({'; '.join(f'{k}: {v}' for k, v in left_out.items())})"))
+        reasons = "; ".join(f"{name}: {why}" for name, why in left_out.items())
+        raise _Skip(ResultsError(f"no searched parameter can be rated ({reasons})"))
     distributions = {name: _distribution(run.space[name]) for name in names}
     with _quiet_optuna():
         study = optuna.create_study(direction="maximize" if run.mode == "max" else "minimize")

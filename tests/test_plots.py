@@ -13,9 +13,9 @@ import shutil
 import sys
 from pathlib import Path
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 import raytune_torch as rt
 from raytune_torch import plots as rplots
@@ -159,6 +159,19 @@ def test_too_few_trials_skip_importance_and_say_so(run_dir, tmp_path, capsys):
     with pytest.raises(rt.ResultsError) as info:
         rplots.param_importances(few)
     assert str(info.value) == message
+
+
+def test_a_parameter_outside_the_saved_space_is_left_out_of_the_importance(run_dir, tmp_path):
+    edited = _copy_with_trials(run_dir, tmp_path / "edited", keep=6)
+    path = Path(edited, "experiment.yaml")
+    experiment = yaml.safe_load(path.read_text())
+    experiment["space"]["module__dropout"] = {"type": "float", "low": 0.5, "high": 0.9}
+    path.write_text(yaml.safe_dump(experiment))
+    plots = rplots.write_plots(edited, tmp_path / "plots")
+    assert plots.notes == ("importance.png leaves out module__dropout: a trial's value lies outside the space in "
+                           "experiment.yaml",)
+    assert set(plots.importances) == set(SPACE) - {"module__dropout"}
+    assert sum(plots.importances.values()) == pytest.approx(1.0)
 
 
 def test_a_run_whose_metric_is_nan_for_every_trial(diverged_dir, tmp_path, capsys):
