@@ -35,3 +35,8 @@ if __name__ == "__main__":
     # predict() prepares raw features the way the trials saw them (train-split standardization).
     predicted = result.predict(X[:10], model=model)
     print("first 10 digits:", y[:10].tolist(), "predicted:", predicted.tolist())
+    try:  # learning curves, each parameter against the metric, parameter importance (docs/results.md#plots)
+        plots = result.plot("runs/digits-python-api/plots")
+        print("plots:", *plots.paths, *plots.notes, sep="\n  ")
+    except rt.DependencyError as exc:  # matplotlib is an extra: pip install 'raytune-torch[plots]'
+        print(exc)

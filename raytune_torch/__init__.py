@@ -11,6 +11,7 @@ from .config import ExperimentConfig, load_config
 from .exceptions import (
     CheckpointError,
     ConfigError,
+    DependencyError,
     MetricError,
     PreflightError,
     RaytuneTorchError,
@@ -71,5 +72,6 @@ __all__ = [
     "RayVersionError",
     "CheckpointError",
     "ResultsError",
+    "DependencyError",
     "__version__",
 ]

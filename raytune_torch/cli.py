@@ -120,8 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("results", help="show the best trial and a top-k table of a run directory")
     p.add_argument("run_dir")
-    p.add_argument("--top", type=int, default=5, help="how many trials to list (default 5)")
+    p.add_argument("--top", type=int, default=5,
+                   help="how many trials to list, and to draw in colour with --plots (default 5)")
     p.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    p.add_argument("--plots", metavar="DIR", default=None,
+                   help="also write PNGs to DIR: learning curves, each parameter against the metric, parameter "
+                        "importance (needs raytune-torch[plots])")
     return parser
 
 
@@ -266,7 +270,12 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def _cmd_results(args: argparse.Namespace) -> int:
     from .results import TuneResult
 
+    if args.plots is not None:
+        from .plots import require_matplotlib
+
+        require_matplotlib()  # before any output: a missing package is said once, with its install command
     result = TuneResult(args.run_dir)
+    plots = result.plot(args.plots, top=max(1, args.top)) if args.plots is not None else None
     top = result.top(max(1, args.top))
     metric = result.metric
     config_cols = [c for c in top.columns if c.startswith("config/")]
@@ -274,15 +283,26 @@ def _cmd_results(args: argparse.Namespace) -> int:
             *[c for c in ("val_loss", "train_loss") if c != metric and c in top.columns], *config_cols]
     cols = [c for c in dict.fromkeys(cols) if c in top.columns]
     if args.format == "json":
-        print(json.dumps({"run_dir": result.run_dir, "best": result.best,
-                          "top": json.loads(top[cols].to_json(orient="records"))}, indent=2))
-    elif args.format == "csv":
+        shown = {"run_dir": result.run_dir, "best": result.best, "top": json.loads(top[cols].to_json(orient="records"))}
+        if plots is not None:
+            shown["plots"] = {"files": dict(plots.shows), "notes": list(plots.notes),
+                              "importances": dict(plots.importances)}
+        print(json.dumps(shown, indent=2))
+        return 0
+    if args.format == "csv":
         print(top[cols].to_csv(index=False), end="")
     else:
         print(result.summary())
         print()
         print(top[cols].rename(columns=lambda c: c.removeprefix("config/")).to_string(
             index=False, float_format=lambda v: f"{v:.4g}"))
+    if plots is not None:  # after a CSV table on stderr, so that stdout stays one table
+        out = sys.stderr if args.format == "csv" else sys.stdout
+        print(f"\nplots in {plots.directory}:", file=out)
+        for path, what in plots.shows.items():
+            print(f"  {path}: {what}", file=out)
+        for note in plots.notes:
+            print(f"note: {note}", file=out)
     return 0
 
 

@@ -13,7 +13,9 @@ Exception tree::
     ├── ClusterError              a Ray cluster cannot be reached or refuses us (address, token)
     ├── RayVersionError           the installed Ray is outside the range this library is tested with
     ├── CheckpointError           a checkpoint file is missing, truncated, or does not match
-    └── ResultsError              a run directory is missing or is not a raytune_torch run
+    ├── ResultsError              a run directory is missing or is not a raytune_torch run
+    └── DependencyError           an optional package a feature needs is not installed; the
+                                  message gives the pip command
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ __all__ = [
     "RayVersionError",
     "CheckpointError",
     "ResultsError",
+    "DependencyError",
 ]
 
 
@@ -75,3 +78,7 @@ class CheckpointError(RaytuneTorchError):
 
 class ResultsError(RaytuneTorchError):
     """A run directory cannot be read as raytune_torch results."""
+
+
+class DependencyError(RaytuneTorchError, ImportError):
+    """An optional package (an extra of raytune-torch) is missing; the message names the install command."""

@@ -415,6 +415,15 @@ class TuneResult:
         """The ``k`` best trials (see :meth:`trials`)."""
         return self.trials().head(k)
 
+    def plot(self, directory: str | os.PathLike, *, top: int = 5):
+        """Write learning curves, each parameter against the metric and parameter importance as PNGs
+        (and a README.md index) into the local ``directory``; returns a
+        :class:`~raytune_torch.plots.Plots` (``.paths``, ``.notes``, ``.importances``). Needs the
+        ``plots`` extra."""
+        from .plots import write_plots
+
+        return write_plots(self, directory, top=top)
+
     def summary(self, elapsed: float | None = None) -> str:
         counts = ", ".join(f"{v} {k}" for k, v in self.best.get("status_counts", {}).items())
         took = f" in {elapsed:.1f}s" if elapsed is not None else ""
