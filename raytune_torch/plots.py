@@ -12,7 +12,8 @@ or ``raytune-torch results RUN_DIR --plots DIR``. The files (replaced when they 
   metric of every other trial as a faint grey line.
 * ``params.png``: one panel per searched parameter: each trial's value of the metric against the
   parameter's value, on a log axis for a log range and one column per value of a choice or grid;
-  a trial pruned by the scheduler is a hollow dot, the best trial a red star.
+  a trial stopped before its last epoch (by the scheduler, or by a time budget, limit or
+  stop_all_at) is a hollow dot, the best trial a red star.
 * ``importance.png``: each parameter's share of the metric's variance by :data:`EVALUATOR`, over
   the trials with a finite metric rebuilt as an Optuna study whose distributions come from the
   experiment's space. Skipped, with the reason in :attr:`Plots.notes` and the index, with fewer
@@ -303,7 +304,7 @@ def _params_figure(run: _Run, Figure: Any, Canvas: Any, out: Path) -> tuple[str,
     axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
     y_all = finite[run.metric].to_numpy(dtype=float)
     is_best = (finite["trial_id"] == best_id).to_numpy()
-    pruned = (finite["status"] == "pruned").to_numpy()
+    pruned = finite["status"].isin(("pruned", "time_limit", "time_budget", "stopped_all")).to_numpy()
     for ax, name in zip(axes, names):
         param = run.space[name]
         values = list(finite[f"config/{name}"])
@@ -336,7 +337,7 @@ def _params_figure(run: _Run, Figure: Any, Canvas: Any, out: Path) -> tuple[str,
                    linewidths=0.5, label="a trial")
         if (shown & pruned).any():
             ax.scatter(x[shown & pruned], y_all[shown & pruned], s=28, facecolors="none", edgecolors="C0",
-                       linewidths=1.2, label="pruned by the scheduler")
+                       linewidths=1.2, label="stopped early (scheduler or budget)")
         ax.scatter(x[present & is_best], y_all[present & is_best], s=220, marker="*", color=_BEST, zorder=5,
                    label=f"best ({best_id})")
         if not present.all():
@@ -349,7 +350,7 @@ def _params_figure(run: _Run, Figure: Any, Canvas: Any, out: Path) -> tuple[str,
     fig.suptitle(f"{run.metric} ({run.better} is better) of {len(finite)} trials, each at its best epoch")
     path = _save(fig, Canvas, out / "params.png")
     return path, (f"{run.metric} of each trial (at its best epoch) against {', '.join(names)}: log axis for log "
-                  f"ranges, one column per choice; hollow dots were pruned by the scheduler; the best trial "
+                  f"ranges, one column per choice; hollow dots were stopped early (scheduler or budget); the best trial "
                   f"{best_id} is the red star")
 
 
