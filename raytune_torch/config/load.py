@@ -27,6 +27,7 @@ OVERRIDES = {
     "max_concurrent": ("search", "max_concurrent"),
     "metric": ("search", "metric"),
     "mode": ("search", "mode"),
+    "sampler": ("search", "sampler"),
     "scheduler": ("scheduler", "name"),
     "max_failures": ("max_failures",),
     "max_epochs": ("train", "max_epochs"),
