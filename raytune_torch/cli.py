@@ -19,7 +19,8 @@ __all__ = ["main", "build_parser"]
 
 _OVERRIDE_FLAGS: list[tuple[str, str, Any, str]] = [
     # flag, override name, type, help
-    ("--search", "search", str, "searcher: grid, random, optuna, hyperopt"),
+    ("--search", "search", str, "searcher: grid, random, optuna, hyperopt, bohb"),
+    ("--sampler", "sampler", str, "Optuna's sampler (search: optuna): tpe, nsga2, cmaes, gp, qmc, random"),
     ("--scheduler", "scheduler", str, "scheduler: fifo, asha, hyperband, median"),
     ("--num-samples", "num_samples", int, "trials to sample (per grid point for random)"),
     ("--max-epochs", "max_epochs", int, "epochs per trial at most (also the schedulers' max_t)"),
@@ -114,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("results", help="show the best trial and a top-k table of a run directory")
     p.add_argument("run_dir")
-    p.add_argument("--top", type=int, default=5, help="how many trials to list (default 5)")
+    p.add_argument("--top", type=int, default=5,
+                   help="how many trials to list (default 5; with several objectives the Pareto front comes first)")
     p.add_argument("--format", choices=("table", "json", "csv"), default="table")
     return parser
 
@@ -239,7 +241,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     if args.no_data:
         config = load_config(args.experiment, **_overrides(args))
         print(f"OK: {args.experiment} is a valid experiment ({config.name}: search={config.search.algorithm}, "
-              f"scheduler={config.scheduler.name}, metric={config.search.metric})")
+              f"scheduler={config.scheduler.name}, metric={', '.join(config.search.metrics)})")
         return 0
     from .tuner import prepare
 
@@ -247,7 +249,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     grid = len(grid_points(config.space, config.search.algorithm)) if config.search.algorithm in ("grid", "random") else 1
     trials = grid * config.search.num_samples if config.search.algorithm in ("grid", "random") else config.search.num_samples
     print(f"OK: {args.experiment}: {config.name}; about {trials} trial(s), search={config.search.algorithm}, "
-          f"scheduler={config.scheduler.name}, metric={config.search.metric} ({config.search.mode}); "
+          f"scheduler={config.scheduler.name}, metric={config.search.objectives_text}; "
           f"data: {data.describe()}; one batch trained and evaluated")
     return 0
 
@@ -259,7 +261,7 @@ def _cmd_results(args: argparse.Namespace) -> int:
     top = result.top(max(1, args.top))
     metric = result.metric
     config_cols = [c for c in top.columns if c.startswith("config/")]
-    cols = ["trial_id", "status", "epochs", "epoch", metric,
+    cols = ["trial_id", "status", "epochs", "epoch", *(["pareto"] if result.multi_objective else []), *result.metrics,
             *[c for c in ("val_loss", "train_loss") if c != metric and c in top.columns], *config_cols]
     cols = [c for c in dict.fromkeys(cols) if c in top.columns]
     if args.format == "json":

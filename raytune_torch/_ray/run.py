@@ -12,7 +12,7 @@ from ray.tune.logger import JsonLoggerCallback
 
 from .callbacks import HistoryCallback, trial_dirname
 from .local import _workers_ready
-from .search import SearchPlan, build_scheduler, build_search, param_space
+from .search import SearchPlan, build_scheduler, build_search, param_space, tune_objective
 from .trial import SharedData, TrialFunction, trainable
 
 # Tune's console and logger settings for this library's runs (documented Tune variables, set only
@@ -59,9 +59,10 @@ def run_tuner(config: Any, shared: SharedData, trial_fn: TrialFunction, *, run_d
     from ..storage import join, ray_storage
 
     plan = plan or build_search(config)
+    metric, mode = tune_objective(config)
     tune_config = tune.TuneConfig(
-        metric=config.search.metric,
-        mode=config.search.mode,
+        metric=metric,
+        mode=mode,
         search_alg=plan.search_alg,
         scheduler=build_scheduler(config),
         num_samples=plan.num_samples,
@@ -77,8 +78,8 @@ def run_tuner(config: Any, shared: SharedData, trial_fn: TrialFunction, *, run_d
             # Ray keeps every checkpoint; HistoryCallback applies the disk budget as results arrive
             # (and results.write_results at the end).
             num_to_keep=None,
-            checkpoint_score_attribute=config.search.metric,
-            checkpoint_score_order=config.search.mode,
+            checkpoint_score_attribute=config.search.primary_metric,
+            checkpoint_score_order=config.search.primary_mode,
         ),
         failure_config=tune.FailureConfig(max_failures=config.max_failures),
         verbose=0,
