@@ -126,7 +126,8 @@ class Trial:
     def __init__(self, config: Any, params: dict[str, Any], data: Any, reporter: Reporter, *,
                  cpus: float = 1.0, gpu_share: float = 0.0) -> None:
         self.config = config
-        self.params = dict(params)
+        # A searcher may propose NumPy scalars (BOHB's ConfigSpace does); the checkpoint loads only plain values.
+        self.params = {k: v.item() if isinstance(v, np.generic) else v for k, v in params.items()}
         self.reporter = reporter
         self.task = config.task
         self.metric = config.search.primary_metric  # early stopping watches the first of several objectives

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import threading
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -147,7 +148,9 @@ def optuna_sampler(config: Any) -> tuple[Any, str | None]:
     elif name == "gp":
         sampler = samplers.GPSampler(seed=seed)
     elif name == "qmc":
-        sampler = samplers.QMCSampler(seed=seed, warn_independent_sampling=False)
+        with warnings.catch_warnings():  # "experimental" since Optuna 3.0
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            sampler = samplers.QMCSampler(seed=seed, warn_independent_sampling=False)
         if choices:
             note = f"qmc covers the float/int ranges with a low-discrepancy sequence; it draws {choices} at random"
     elif name == "random":
@@ -235,6 +238,7 @@ def own_searcher(algorithm: Any) -> Any:
     from .. import components as comp
     from ..exceptions import PreflightError
 
+    shown = repr(algorithm) if isinstance(algorithm, str) else f"{type(algorithm).__name__} object"
     if isinstance(algorithm, str):
         try:
             algorithm = comp.resolve(algorithm, what="search.algorithm")
@@ -248,7 +252,7 @@ def own_searcher(algorithm: Any) -> Any:
                                    f"a searcher named by its import path is built without arguments (from Python, "
                                    f"pass a Searcher object)"]) from None
     if not isinstance(algorithm, Searcher):
-        raise ConfigError([f"search.algorithm: {algorithm!r} is not a ray.tune.search.Searcher; give a searcher "
+        raise ConfigError([f"search.algorithm: {shown} is not a ray.tune.search.Searcher; give a searcher "
                            f"name ({', '.join(sp.SEARCHERS)}), a Searcher object or the import path of its class"])
     return algorithm
 
