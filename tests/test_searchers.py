@@ -82,6 +82,9 @@ def test_a_searcher_object_gets_one_metric():
 def test_each_sampler_is_optuna_s_own_seeded_with_the_experiment(sampler, kind):
     import pickle
 
+    if sampler == "cmaes":
+        pytest.importorskip("cmaes")
+
     config = load_config(_config({"algorithm": "optuna", "sampler": sampler, "num_samples": 3}, seed=7))
     plan = _ray.build_search(config)
     built = plan.search_alg._sampler
@@ -100,6 +103,7 @@ def test_each_sampler_is_optuna_s_own_seeded_with_the_experiment(sampler, kind):
 
 
 def test_a_searcher_s_notes_say_what_it_draws_at_random():
+    pytest.importorskip("cmaes")
     space = {**RANGES, "batch_size": {"type": "choice", "values": [64, 128]}}
     cmaes = _ray.build_search(load_config(_config({"algorithm": "optuna", "sampler": "cmaes"}, space)))
     assert cmaes.note == ("Optuna's cmaes sampler; cmaes models two or more float/int ranges together; it draws "
@@ -132,6 +136,8 @@ def test_an_import_path_names_a_searcher_class_built_without_arguments():
 @pytest.mark.usefixtures("ray_session")
 @pytest.mark.parametrize("sampler", ["nsga2", "cmaes", "gp", "qmc", "random"])
 def test_a_short_run_per_sampler(experiment, sampler):
+    if sampler == "cmaes":
+        pytest.importorskip("cmaes")
     experiment.update(space=RANGES, search={"algorithm": "optuna", "sampler": sampler, "num_samples": 3,
                                             "metric": "val_accuracy"})
     experiment["train"]["max_epochs"] = 1
