@@ -30,8 +30,8 @@ _OVERRIDE_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--cpus-per-trial", "cpus_per_trial", float, "CPUs per trial (also torch threads)"),
     ("--gpus-per-trial", "gpus_per_trial", float, "GPU share per trial, at most 1, e.g. 0.25"),
     ("--max-concurrent", "max_concurrent", int, "trials running at once at most"),
-    ("--metric", "metric", str, "the metric to optimise, e.g. val_accuracy"),
-    ("--mode", "mode", str, "min or max (follows the metric by default)"),
+    ("--metric", "metric", str, "the metric to optimise, e.g. val_accuracy; several: val_accuracy,n_params"),
+    ("--mode", "mode", str, "min or max (follows the metric by default); several: max,min"),
 ]
 
 
@@ -42,7 +42,11 @@ def _add_overrides(parser: argparse.ArgumentParser) -> None:
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    return {dest: getattr(args, dest) for _, dest, _, _ in _OVERRIDE_FLAGS if getattr(args, dest) is not None}
+    out = {dest: getattr(args, dest) for _, dest, _, _ in _OVERRIDE_FLAGS if getattr(args, dest) is not None}
+    for dest in ("metric", "mode"):  # several objectives: --metric val_accuracy,n_params --mode max,min
+        if isinstance(out.get(dest), str) and "," in out[dest]:
+            out[dest] = [part.strip() for part in out[dest].split(",")]
+    return out
 
 
 def _override_args(args: argparse.Namespace) -> list[str]:
