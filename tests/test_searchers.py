@@ -113,6 +113,15 @@ def test_a_searcher_s_notes_say_what_it_draws_at_random():
                           "random, so 6 trial(s) are a random search")
 
 
+def test_a_searcher_object_in_a_dict_is_the_user_s_own_not_a_copy():
+    from ray.tune.search.hyperopt import HyperOptSearch
+
+    searcher = HyperOptSearch()
+    config = load_config(_config({"algorithm": searcher}))
+    assert config.search.algorithm is searcher and _ray.build_search(config).search_alg is searcher
+    assert load_config(config).search.algorithm is searcher  # and again from the ExperimentConfig
+
+
 def test_an_import_path_names_a_searcher_class_built_without_arguments():
     from ray.tune.search.hyperopt import HyperOptSearch
 
