@@ -159,7 +159,6 @@ def test_a_short_run_per_sampler(experiment, sampler):
 
 
 @pytest.mark.ray
-@pytest.mark.slow
 @pytest.mark.usefixtures("ray_session")
 def test_bohb_runs_with_its_hyperband_scheduler(experiment):
     pytest.importorskip("hpbandster")
