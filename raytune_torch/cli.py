@@ -19,7 +19,8 @@ __all__ = ["main", "build_parser"]
 
 _OVERRIDE_FLAGS: list[tuple[str, str, Any, str]] = [
     # flag, override name, type, help
-    ("--search", "search", str, "searcher: grid, random, optuna, hyperopt"),
+    ("--search", "search", str, "searcher: grid, random, optuna, hyperopt, bohb"),
+    ("--sampler", "sampler", str, "Optuna's sampler (search: optuna): tpe, nsga2, cmaes, gp, qmc, random"),
     ("--scheduler", "scheduler", str, "scheduler: fifo, asha, hyperband, median"),
     ("--num-samples", "num_samples", int, "trials to sample (per grid point for random)"),
     ("--max-epochs", "max_epochs", int, "epochs per trial at most (also the schedulers' max_t)"),
@@ -29,8 +30,8 @@ _OVERRIDE_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--cpus-per-trial", "cpus_per_trial", float, "CPUs per trial (also torch threads)"),
     ("--gpus-per-trial", "gpus_per_trial", float, "GPU share per trial, at most 1, e.g. 0.25"),
     ("--max-concurrent", "max_concurrent", int, "trials running at once at most"),
-    ("--metric", "metric", str, "the metric to optimise, e.g. val_accuracy"),
-    ("--mode", "mode", str, "min or max (follows the metric by default)"),
+    ("--metric", "metric", str, "the metric to optimise, e.g. val_accuracy; several: val_accuracy,n_params"),
+    ("--mode", "mode", str, "min or max (follows the metric by default); several: max,min"),
     ("--time-budget-s", "time_budget_s", float, "the whole run's time budget, seconds (search.time_budget_s)"),
     ("--time-limit-s", "time_limit_s", float, "each trial's training time limit, seconds (train.time_limit_s)"),
     ("--max-failures", "max_failures", int, "restarts of a failing trial from its checkpoint"),
@@ -44,7 +45,11 @@ def _add_overrides(parser: argparse.ArgumentParser) -> None:
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    return {dest: getattr(args, dest) for _, dest, _, _ in _OVERRIDE_FLAGS if getattr(args, dest) is not None}
+    out = {dest: getattr(args, dest) for _, dest, _, _ in _OVERRIDE_FLAGS if getattr(args, dest) is not None}
+    for dest in ("metric", "mode"):  # several objectives: --metric val_accuracy,n_params --mode max,min
+        if isinstance(out.get(dest), str) and "," in out[dest]:
+            out[dest] = [part.strip() for part in out[dest].split(",")]
+    return out
 
 
 def _override_args(args: argparse.Namespace) -> list[str]:
@@ -121,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("results", help="show the best trial and a top-k table of a run directory")
     p.add_argument("run_dir")
     p.add_argument("--top", type=int, default=5,
-                   help="how many trials to list, and to draw in colour with --plots (default 5)")
+                   help="how many trials to list, and to draw in colour with --plots (default 5; with several "
+                        "objectives the Pareto front comes first)")
     p.add_argument("--format", choices=("table", "json", "csv"), default="table")
     p.add_argument("--plots", metavar="DIR", default=None,
                    help="also write PNGs to DIR: learning curves, each parameter against the metric, parameter "
@@ -253,7 +259,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         config = load_config(args.experiment, **_overrides(args))
         check_trackers(config)
         print(f"OK: {args.experiment} is a valid experiment ({config.name}: search={config.search.algorithm}, "
-              f"scheduler={config.scheduler.name}, metric={config.search.metric})")
+              f"scheduler={config.scheduler.name}, metric={', '.join(config.search.metrics)})")
         return 0
     from .tuner import prepare
 
@@ -262,7 +268,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     grid = len(grid_points(config.space, config.search.algorithm)) if config.search.algorithm in ("grid", "random") else 1
     trials = grid * config.search.num_samples if config.search.algorithm in ("grid", "random") else config.search.num_samples
     print(f"OK: {args.experiment}: {config.name}; about {trials} trial(s), search={config.search.algorithm}, "
-          f"scheduler={config.scheduler.name}, metric={config.search.metric} ({config.search.mode}); "
+          f"scheduler={config.scheduler.name}, metric={config.search.objectives_text}; "
           f"data: {data.describe()}; one batch trained and evaluated")
     return 0
 
@@ -279,7 +285,7 @@ def _cmd_results(args: argparse.Namespace) -> int:
     top = result.top(max(1, args.top))
     metric = result.metric
     config_cols = [c for c in top.columns if c.startswith("config/")]
-    cols = ["trial_id", "status", "epochs", "epoch", metric,
+    cols = ["trial_id", "status", "epochs", "epoch", *(["pareto"] if result.multi_objective else []), *result.metrics,
             *[c for c in ("val_loss", "train_loss") if c != metric and c in top.columns], *config_cols]
     cols = [c for c in dict.fromkeys(cols) if c in top.columns]
     if args.format == "json":

@@ -4,7 +4,8 @@ Run directory layout (``STORAGE/NAME``)::
 
     experiment.yaml        the experiment as it ran (after overrides)
     results.parquet        trial_id, epoch, train_loss, val_loss, val_<metric>..., status, config/<name>...
-    best.json              the best trial (by the experiment's metric over all its epochs)
+    best.json              the best trial (by the experiment's metric over all its epochs); with
+                           several objectives, also the Pareto front (``pareto_front``)
     trial_<id>/            per trial: history.jsonl (one line per epoch), checkpoint_*/, stdout/stderr
     tuner.pkl, experiment_state-*.json   Ray's own experiment files
 """
@@ -21,9 +22,9 @@ import numpy as np
 
 from .exceptions import ResultsError
 
-__all__ = ["TuneResult", "write_results", "write_trial_table", "METRIC_COLUMNS"]
+__all__ = ["TuneResult", "write_results", "write_trial_table", "pareto_front", "METRIC_COLUMNS"]
 
-METRIC_COLUMNS = ("epoch", "train_loss", "val_loss", "lr", "epoch_time_s", "samples_per_s", "trial_seed",
+METRIC_COLUMNS = ("epoch", "train_loss", "val_loss", "lr", "epoch_time_s", "samples_per_s", "n_params", "trial_seed",
                   "diverged", "early_stopped", "stop_rule", "device", "node_id", "gpu_peak_mib")
 
 #: the status of a trial the run's own rule stopped (``search.time_budget_s``, ``stop_all_at``)
@@ -107,6 +108,47 @@ def _earlier(local_dir: str) -> tuple[list[dict], dict | None]:
     return pq.read_table(path).to_pylist(), json.loads(Path(local_dir, EARLIER_BEST).read_text())
 
 
+def pareto_front(points: list[tuple[float, ...]], modes: tuple[str, ...]) -> list[int]:
+    """The indices of the non-dominated ``points`` (one value per objective, ``modes`` min or max
+    each), in their order. A point dominates another when it is at least as good in every objective
+    and better in one; equal points are all on the front."""
+    sign = [1.0 if m == "min" else -1.0 for m in modes]
+    costs = [tuple(s * v for s, v in zip(sign, p)) for p in points]
+
+    def dominates(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+        return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
+
+    return [i for i, c in enumerate(costs) if not any(dominates(o, c) for j, o in enumerate(costs) if j != i)]
+
+
+def _front(candidates: list[dict], metrics: tuple[str, ...], modes: tuple[str, ...]) -> list[dict]:
+    """The Pareto front of the trials' objective values (each trial's last epoch: what the searcher
+    was told), sorted by the first objective, best first."""
+    front = [candidates[i] for i in pareto_front([tuple(c["values"][m] for m in metrics) for c in candidates], modes)]
+    front.sort(key=lambda c: c["values"][metrics[0]], reverse=modes[0] == "max")
+    return front
+
+
+def _earlier_candidates(rows: list[dict], checkpoints: dict[str, str | None], search: Any,
+                        metric_names: tuple[str, ...]) -> list[dict]:
+    """The Pareto candidates among the trials of the run before it was extended (their last epochs)."""
+    last: dict[str, dict] = {}
+    for row in rows:
+        if row.get("epoch") and (row["trial_id"] not in last or row["epoch"] >= last[row["trial_id"]]["epoch"]):
+            last[row["trial_id"]] = row
+    out = []
+    for trial_id, row in last.items():
+        values = {m: row.get(m) for m in search.metrics}
+        if row.get("status") in ("error", "diverged") or not all(
+                isinstance(v, (int, float)) and math.isfinite(v) for v in values.values()):
+            continue
+        params = {k.removeprefix("config/"): v for k, v in row.items() if k.startswith("config/")}
+        out.append({"trial_id": trial_id, "epoch": int(row["epoch"]), "values": values, "params": params,
+                    "status": row["status"], "checkpoint": checkpoints.get(trial_id),
+                    "metrics": {k: row[k] for k in row if k in metric_names or k in ("epoch", "device")}})
+    return out
+
+
 def write_results(run_dir: str, config: Any, data: Any, grid: Any, local_dir: str | None = None,
                   run_stop: dict | None = None) -> None:
     """Write ``results.parquet`` and ``best.json`` from Ray's ResultGrid.
@@ -128,25 +170,40 @@ def write_results(run_dir: str, config: Any, data: Any, grid: Any, local_dir: st
         rel = path.rstrip("/")[len(root):].lstrip("/") if path.startswith(root) else path
         return join(run_dir, rel)
 
-    metric, mode = config.search.metric, config.search.mode
-    metric_names = config.metric_names
+    search = config.search
+    metric, mode = search.primary_metric, search.primary_mode
+    multi = search.multi_objective
+    metric_names = tuple(dict.fromkeys((*config.metric_names, *search.metrics)))
     earlier_rows, earlier_best = _earlier(local_dir)
     rows: list[dict] = [{k: v for k, v in r.items() if v is not None} for r in earlier_rows]
     best: dict | None = None
     if earlier_best is not None and "trial_id" in earlier_best:
         best = {k: earlier_best[k] for k in ("value", "trial_id", "epoch", "params", "metrics", "checkpoint", "status")}
     trials = list(dict.fromkeys(r["trial_id"] for r in earlier_rows))
+    checkpoints: dict[str, str | None] = dict((earlier_best or {}).get("checkpoints", {}))
+    # several objectives: each trial's last epoch, when every value is finite
+    candidates: list[dict] = _earlier_candidates(earlier_rows, checkpoints, search, metric_names) if multi else []
     for result in grid:
         trial_id = Path(result.path).name.removeprefix("trial_")
         error = _error_text(result.error)
         history = _trial_rows(os.path.join(local_dir, f"trial_{trial_id}", "history.jsonl"), metric_names)
         status = _status(history, error, config.train.max_epochs, run_stop, trial_id)
         ranked = _ranked_checkpoints(result, metric, mode)
-        _prune_checkpoints(result, _kept_checkpoints(result, ranked, config.checkpoint.keep, status))
-        best_checkpoint = ranked[0] if ranked else (result.checkpoint.path if result.checkpoint else None)
+        _prune_checkpoints(result, _kept_checkpoints(result, ranked, config.checkpoint.keep, status, latest=multi))
+        latest = result.checkpoint.path if result.checkpoint else None
+        # Several objectives are judged at the last epoch, so a trial's model is its latest checkpoint.
+        best_checkpoint = latest if multi else (ranked[0] if ranked else latest)
         best_checkpoint = location(best_checkpoint) if best_checkpoint else None
-        params = dict(result.config or {})
+        checkpoints[trial_id] = best_checkpoint
+        params = {k: _plain(v) for k, v in (result.config or {}).items()}
         trials.append(trial_id)
+        if multi and history and status not in ("error", "diverged"):
+            last = history[-1]
+            values = {m: last.get(m) for m in search.metrics}
+            if all(isinstance(v, (int, float)) and math.isfinite(v) for v in values.values()):
+                candidates.append({"trial_id": trial_id, "epoch": int(last["epoch"]), "values": values,
+                                   "params": params, "status": status, "checkpoint": best_checkpoint,
+                                   "metrics": {k: last[k] for k in last if k in metric_names or k in ("epoch", "device")}})
         base = {"trial_id": trial_id, "status": status, "error": error}
         cfg = {f"config/{k}": (v if isinstance(v, (int, float, str, bool)) or v is None else json.dumps(v))
                for k, v in params.items()}
@@ -165,13 +222,24 @@ def write_results(run_dir: str, config: Any, data: Any, grid: Any, local_dir: st
         raise ResultsError(f"the run in {run_dir!r} produced no trials")
     columns = ["trial_id", "epoch", "status", *metric_names,
                *[c for c in METRIC_COLUMNS if c not in ("epoch",)], "error"]
+    front = _front(candidates, search.metrics, search.modes) if multi else []
+    if multi:
+        on_front = {c["trial_id"] for c in front}
+        for row in rows:
+            row["pareto"] = row["trial_id"] in on_front
+        columns.insert(3, "pareto")
+        # the front's member best by the first objective stands for "the best trial"
+        best = {"value": front[0]["values"][metric], **{k: front[0][k] for k in (
+            "trial_id", "epoch", "params", "metrics", "checkpoint", "status")}} if front else None
     config_cols = sorted({k for r in rows for k in r if k.startswith("config/")})
     table = {c: [r.get(c) for r in rows] for c in [*dict.fromkeys(columns), *config_cols]}
     tmp = os.path.join(local_dir, "results.parquet.tmp")
-    pq.write_table(pa.table({k: _column(v) for k, v in table.items()}), tmp)
+    pq.write_table(pa.table({k: pa.array(v, pa.bool_()) if k == "pareto" else _column(v) for k, v in table.items()}),
+                   tmp)
     os.replace(tmp, os.path.join(local_dir, "results.parquet"))
     summary: dict[str, Any] = {
-        "metric": metric, "mode": mode, "trials": len(trials),
+        "metric": list(search.metrics) if multi else metric, "mode": list(search.modes) if multi else mode,
+        "trials": len(trials),
         "status_counts": {s: sum(1 for r in _last_rows(rows) if r["status"] == s)
                           for s in sorted({r["status"] for r in rows})},
         "task": config.task, "n_features": data.n_features, "n_outputs": data.n_outputs, "classes": data.classes,
@@ -179,6 +247,9 @@ def write_results(run_dir: str, config: Any, data: Any, grid: Any, local_dir: st
         "feature_std": None if data.feature_std is None else data.feature_std.tolist(),
     }
     summary["checkpoint_bytes"] = sum(_checkpoint_bytes(r) for r in grid) + (earlier_best or {}).get("checkpoint_bytes", 0)
+    summary["checkpoints"] = checkpoints
+    if multi:
+        summary["pareto_front"] = front
     if run_stop is not None:
         summary["stopped_by"] = {k: v for k, v in run_stop.items() if k != "stopped_trials"}
     if best is not None:
@@ -222,11 +293,14 @@ def _ranked_checkpoints(result: Any, metric: str, mode: str) -> list[str]:
     return [p for p, _ in candidates]
 
 
-def _kept_checkpoints(result: Any, ranked: list[str], keep: int, status: str) -> set[str]:
+def _kept_checkpoints(result: Any, ranked: list[str], keep: int, status: str, latest: bool = False) -> set[str]:
     """The disk budget: the ``keep`` best of ``ranked`` plus the latest; a trial stopped early
-    keeps its best."""
+    keeps its best (and its latest too with ``latest``: several objectives are judged at the
+    last epoch)."""
     if status in ("pruned", "early_stopped", "diverged", "time_limit", "time_budget", "stopped_all"):
         kept = set(ranked[:1])
+        if latest and result.checkpoint is not None:
+            kept.add(result.checkpoint.path)
     else:
         kept = set(ranked[:keep])
         if result.checkpoint is not None:
@@ -318,6 +392,11 @@ def _score_test(config: Any, data: Any, best: dict) -> dict[str, float]:
     return {f"test_{k}": v for k, v in scores.items()}
 
 
+def _plain(value: Any) -> Any:
+    """A parameter value as a plain Python value (a searcher may give NumPy scalars)."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
@@ -354,8 +433,25 @@ class TuneResult:
             self.best = json.loads((path / "best.json").read_text())
         except json.JSONDecodeError as exc:
             raise ResultsError(f"{str(path / 'best.json')!r} is corrupted: {exc}") from None
-        self.metric: str = self.best["metric"]
-        self.mode: str = self.best["mode"]
+        metric, mode = self.best["metric"], self.best["mode"]
+        #: the objectives and their modes (one each for a single metric)
+        self.metrics: tuple[str, ...] = tuple(metric) if isinstance(metric, list) else (metric,)
+        self.modes: tuple[str, ...] = tuple(mode) if isinstance(mode, list) else (mode,)
+        #: the metric (the first objective of several) and its mode
+        self.metric: str = self.metrics[0]
+        self.mode: str = self.modes[0]
+
+    @property
+    def multi_objective(self) -> bool:
+        """Whether the run optimized several objectives (see :attr:`pareto_front`)."""
+        return len(self.metrics) > 1
+
+    @property
+    def pareto_front(self) -> list[dict[str, Any]]:
+        """The non-dominated trials of a run with several objectives, best first by the first
+        objective: each with ``trial_id``, ``epoch``, ``values`` (the objectives at the trial's last
+        epoch), ``params``, ``metrics``, ``status`` and ``checkpoint``. Empty for one metric."""
+        return [dict(member) for member in self.best.get("pareto_front", [])]
 
     # -- the best trial ----------------------------------------------------------------------------
     def _need_best(self) -> None:
@@ -391,13 +487,17 @@ class TuneResult:
         return pq.read_table(os.path.join(self.local_dir, "results.parquet")).to_pandas()
 
     def trials(self):
-        """One row per trial: its best epoch by the metric, status, epochs run, parameters."""
+        """One row per trial: its best epoch by the metric, status, epochs run, parameters. With
+        several objectives: its last epoch (where the objectives were judged), the Pareto front
+        first (``pareto``), each part by the first objective."""
         df = self.table
         out = []
         for trial_id, group in df.groupby("trial_id", sort=False):
             finite = group[np.isfinite(group[self.metric].astype(float))] if self.metric in group else group.iloc[0:0]
             finite = finite[finite.get("diverged", 0).fillna(0) == 0] if "diverged" in finite else finite
-            if len(finite):
+            if self.multi_objective:
+                row = group.iloc[-1].to_dict()
+            elif len(finite):
                 idx = finite[self.metric].idxmin() if self.mode == "min" else finite[self.metric].idxmax()
                 row = finite.loc[idx].to_dict()
             else:
@@ -408,7 +508,11 @@ class TuneResult:
         import pandas as pd
 
         trials = pd.DataFrame(out)
-        trials = trials.sort_values(self.metric, ascending=self.mode == "min", na_position="last")
+        if self.multi_objective and "pareto" in trials:
+            trials = trials.sort_values(["pareto", self.metric], ascending=[False, self.mode == "min"],
+                                        na_position="last")
+        else:
+            trials = trials.sort_values(self.metric, ascending=self.mode == "min", na_position="last")
         return trials.reset_index(drop=True)
 
     def top(self, k: int = 5):
@@ -430,7 +534,17 @@ class TuneResult:
         lines = [f"raytune-torch: {self.best.get('trials', 0)} trial(s){took} ({counts}); results in {self._shown}"]
         if "checkpoint_bytes" in self.best:
             lines.append(f"checkpoints on disk: {self.best['checkpoint_bytes'] / 2**20:.2f} MiB")
-        if "trial_id" in self.best:
+        if self.multi_objective:
+            front = self.pareto_front
+            objectives = ", ".join(f"{m} ({mode})" for m, mode in zip(self.metrics, self.modes))
+            lines.append(f"Pareto front of {objectives}: {len(front)} trial(s)")
+            for member in front:
+                values = "  ".join(f"{m}={member['values'][m]:.4g}" for m in self.metrics)
+                lines.append(f"  trial {member['trial_id']} (epoch {member['epoch']}): {values}  "
+                             f"params={member['params']}")
+            if not front:
+                lines.append(f"no trial reported finite {', '.join(self.metrics)}")
+        elif "trial_id" in self.best:
             m = self.best["metrics"]
             lines.append(f"best trial {self.best['trial_id']} at epoch {self.best['epoch']}: "
                          f"{self.metric}={m.get(self.metric):.4g}  params={self.best['params']}")
@@ -442,27 +556,47 @@ class TuneResult:
         return "\n".join(lines)
 
     # -- the model ---------------------------------------------------------------------------------
-    def load_model(self, device: str = "cpu"):
-        """The best trial's trained model (from its best checkpoint by the metric), in eval mode."""
+    def load_model(self, trial_id: str | None = None, device: str = "cpu"):
+        """A trained model in eval mode: the best trial's (from its best checkpoint by the metric),
+        or with ``trial_id`` that trial's (any trial of the run, e.g. a member of the
+        :attr:`pareto_front`). With several objectives a trial's model is its last epoch's, where
+        the objectives were judged."""
         import torch
 
         from .checkpoint import load_model_state, load_state
         from .components import build_model
         from .config import load_config
-
-        self._need_best()
-        if not self.best.get("checkpoint"):
-            raise ResultsError(f"the best trial {self.best_trial_id} of {self._shown!r} has no checkpoint")
         from .storage import fetch_dir
 
+        if trial_id is None:
+            self._need_best()
+            trial_id, checkpoint = self.best_trial_id, self.best.get("checkpoint")
+            if not checkpoint:
+                raise ResultsError(f"the best trial {trial_id} of {self._shown!r} has no checkpoint")
+        else:
+            checkpoints = self.best.get("checkpoints", {})
+            if trial_id not in checkpoints:
+                known = sorted(checkpoints) or ([self.best["trial_id"]] if "trial_id" in self.best else [])
+                raise ResultsError(f"{self._shown!r} has no trial {trial_id!r}{self._suggest(trial_id, known)}; "
+                                   f"its trials: {', '.join(known)}")
+            checkpoint = checkpoints[trial_id]
+            if not checkpoint:
+                raise ResultsError(f"trial {trial_id} of {self._shown!r} has no checkpoint (it ended before its first)")
         config = load_config(os.path.join(self.local_dir, "experiment.yaml"))
-        model = build_model(config.model.name, config.model.args, self.best["params"],
+        with fetch_dir(checkpoint) as directory:
+            state = load_state(directory, map_location=device)
+        model = build_model(config.model.name, config.model.args, state["params"],
                             in_features=self.best["n_features"], out_features=self.best["n_outputs"],
                             import_paths=config.import_paths)
-        with fetch_dir(self.best["checkpoint"]) as directory:
-            state = load_state(directory, map_location=device)
-        load_model_state(model, state, self.best["checkpoint"])
+        load_model_state(model, state, checkpoint)
         return model.to(torch.device(device)).eval()
+
+    @staticmethod
+    def _suggest(name: str, options: list[str]) -> str:
+        from ._names import suggest
+
+        match = suggest(name, options)
+        return f"; did you mean {match!r}?" if match is not None else ""
 
     def transform(self, X: Any) -> np.ndarray:
         """Features prepared as the trials saw them (float32; standardized with the train split's

@@ -273,7 +273,7 @@ class TorchSearchCV:
         try:
             _ray.check_resources(config.resources.cpu, config.resources.gpu)
             plan = _ray.build_search(config)
-            callbacks = [_ray.ConsoleCallback(config.search.metric, plan.total)] if self.verbose else []
+            callbacks = [_ray.ConsoleCallback(config.search.primary_metric, plan.total)] if self.verbose else []
             shared, _ = _ray.share(spec)
             return _ray.run_tuner(config, shared, trial_fn, run_dir_parent=storage, callbacks=callbacks,
                                   metric_names=metric_names, plan=plan)

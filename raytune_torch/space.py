@@ -31,6 +31,8 @@ What grid values mean for each searcher (checked by :func:`check_searcher` befor
   because a model-based sampler proposes values rather than enumerating them — write the grid as
   ``type: choice`` to let TPE choose, or use ``search: grid``.
 * ``hyperopt``: grids are refused the same way (write them as ``type: choice``).
+* ``bohb``: grids are refused the same way, and so are ranges with a ``step`` (its ConfigSpace
+  drops the quantization): write the values as ``type: choice``.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ __all__ = [
     "space_to_dict",
 ]
 
-SEARCHERS = ("grid", "random", "optuna", "hyperopt")
+SEARCHERS = ("grid", "random", "optuna", "hyperopt", "bohb")
 
 
 def _is_number(value: Any) -> bool:
@@ -259,11 +261,18 @@ def check_searcher(space: Mapping[str, Any], searcher: str) -> list[str]:
             f"`type: choice` to let TPE choose, make every parameter a grid (runs Optuna's "
             f"GridSampler), or use search: grid"
         )
-    elif searcher == "hyperopt" and grids:
+    elif searcher in ("hyperopt", "bohb") and grids:
         problems.append(
-            f"space: search: hyperopt cannot enumerate grid parameters {grids}; write them as "
+            f"space: search: {searcher} cannot enumerate grid parameters {grids}; write them as "
             f"`type: choice` to let it choose, or use search: grid"
         )
+    if searcher == "bohb":
+        stepped = sorted(k for k, v in params.items() if isinstance(v, (Float, Int)) and v.step is not None)
+        if stepped:
+            problems.append(
+                f"space: search: bohb ignores the `step` of {stepped} (its ConfigSpace has no quantized "
+                f"ranges); remove the step, or list the values as `type: choice`"
+            )
     return problems
 
 

@@ -127,11 +127,12 @@ class Trial:
     def __init__(self, config: Any, params: dict[str, Any], data: Any, reporter: Reporter, *,
                  cpus: float = 1.0, gpu_share: float = 0.0) -> None:
         self.config = config
-        self.params = dict(params)
+        # A searcher may propose NumPy scalars (BOHB's ConfigSpace does); the checkpoint loads only plain values.
+        self.params = {k: v.item() if isinstance(v, np.generic) else v for k, v in params.items()}
         self.reporter = reporter
         self.task = config.task
-        self.metric = config.search.metric
-        self.mode = config.search.mode
+        self.metric = config.search.primary_metric  # early stopping watches the first of several objectives
+        self.mode = config.search.primary_mode
         self.max_epochs = config.train.max_epochs
         self.batch_size = int(params.get("batch_size", config.train.batch_size))
         self.device = pick_device(gpu_share, getattr(config.resources, "cpu_fallback", False))
@@ -139,6 +140,8 @@ class Trial:
         self.shuffle = seed_everything(self.seed)
         self.model, self.optimizer, self.loss_fn, self.lr_scheduler = build_components(
             config, self.params, data.n_features, data.n_outputs, self.device)
+        #: the model's parameter count, reported every epoch (model size as a search objective)
+        self.n_params = int(sum(p.numel() for p in self.model.parameters()))
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)  # a reused worker starts each trial's peak anew
         self.precision = config.train.precision
@@ -306,6 +309,7 @@ class Trial:
         elapsed = time.perf_counter() - self._epoch_start
         metrics["epoch_time_s"] = elapsed
         metrics["samples_per_s"] = self.n_train / elapsed if elapsed > 0 else float("nan")
+        metrics["n_params"] = self.n_params
         metrics["trial_seed"] = self.seed
         metrics["device"] = str(self.device)
         if self.device.type == "cuda":  # the process's peak since the trial began (its own allocations)

@@ -92,6 +92,7 @@ def _token_env(address: str | None, token_file: str | None) -> None:
 
 def _serializable(raw: Any) -> Any:
     from .components import describe
+    from .config.search import is_searcher_object
 
     if isinstance(raw, dict):
         return {k: _serializable(v) for k, v in raw.items()}
@@ -99,12 +100,14 @@ def _serializable(raw: Any) -> Any:
         return [_serializable(v) for v in raw]
     if callable(raw):
         return describe(raw)
+    if is_searcher_object(raw):  # written as its class's import path (built again on resume)
+        return describe(type(raw))
     return raw
 
 
 def run(source: str | os.PathLike | dict | ExperimentConfig, *, address: str | None = None,
         quiet: bool = False, callbacks: list | None = None, num_gpus: int | None = None,
-        token_file: str | None = None, **overrides: Any):
+        token_file: str | None = None, searcher: Any = None, **overrides: Any):
     """Tune the experiment and return its :class:`~raytune_torch.results.TuneResult`.
 
     Args:
@@ -116,6 +119,11 @@ def run(source: str | os.PathLike | dict | ExperimentConfig, *, address: str | N
             ``RAY_AUTH_TOKEN_PATH``, then ``~/.ray/auth_token``); see :mod:`raytune_torch.auth`.
         quiet: print nothing but errors.
         callbacks: extra ``ray.tune.Callback`` objects (they run in the driver).
+        searcher: a ``ray.tune.search.Searcher`` object to use as it is, instead of
+            ``search.algorithm`` (the same as ``search: {algorithm: <the object>}`` in a dict). Built
+            without a space of its own: it is given the experiment's space and metric. The checks
+            of a named searcher (grid semantics, ``search.sampler``, the seed) do not apply to it;
+            grid parameters and several objectives are refused.
         num_gpus: GPUs the private local instance advertises (default: the CUDA devices found);
             more than the machine has makes logical GPUs, which schedule trials but have no CUDA.
         overrides: ``search``, ``scheduler``, ``num_samples``, ``max_epochs``, ``storage``, ``name``,
@@ -131,6 +139,8 @@ def run(source: str | os.PathLike | dict | ExperimentConfig, *, address: str | N
     from . import _ray
 
     started = time.monotonic()
+    if searcher is not None:
+        overrides["search"] = searcher
     config = _config(source, **overrides)
     known = _known(config.search.warm_start, config) if config.search.warm_start else []
     plan = _ray.build_search(config, known=known)  # fails early when a searcher is not installed
@@ -144,7 +154,7 @@ def _known(run_dir: str, config: ExperimentConfig, where: str = "search.warm_sta
     """The earlier run's trials and scores, checked against the experiment's space and metric."""
     from .warm import known_trials
 
-    return known_trials(run_dir, config.space, config.search.metric, config.search.mode, where=where)
+    return known_trials(run_dir, config.space, config.search.primary_metric, config.search.primary_mode, where=where)
 
 
 def _run_on_ray(config: ExperimentConfig, shared: Any, data: Splits, plan: Any, quiet: bool,
@@ -157,7 +167,7 @@ def _run_on_ray(config: ExperimentConfig, shared: Any, data: Splits, plan: Any, 
     storage = st.absolute(config.storage)
     run_dir = st.join(storage, config.name)
     _echo(f"raytune-torch: {config.name}: {plan.total} trial(s), search={config.search.algorithm}, "
-          f"scheduler={config.scheduler.name}, metric={config.search.metric} ({config.search.mode}), "
+          f"scheduler={config.scheduler.name}, metric={config.search.objectives_text}, "
           f"{config.train.max_epochs} epoch(s) max; data: {data.describe()}", quiet)
     if plan.note:
         _echo(f"raytune-torch: {plan.note}", quiet)
@@ -174,7 +184,7 @@ def _run_on_ray(config: ExperimentConfig, shared: Any, data: Splits, plan: Any, 
     Path(local_dir, "experiment.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
 
     def tune() -> Any:
-        console = [] if quiet else [_ray.ConsoleCallback(config.search.metric, plan.total,
+        console = [] if quiet else [_ray.ConsoleCallback(config.search.primary_metric, plan.total,
                                                             max_epochs=config.train.max_epochs)]
         return _ray.run_tuner(config, shared, _trial_function(config), run_dir_parent=storage,
                               callbacks=[*console, *(callbacks or [])], plan=plan,
@@ -352,7 +362,8 @@ def extend(run_dir: str | os.PathLike, num_samples: int, *, address: str | None 
         raise ResultsError(f"{exc}; --num-samples adds trials to a finished run (an interrupted one is "
                            f"finished with `raytune-torch resume {shown}` first)") from None
     n_earlier = int(earlier.table["trial_id"].nunique())
-    known = _known(run_dir, config, where="resume --num-samples") if config.search.algorithm == "optuna" else []
+    learns = config.search.algorithm == "optuna" and not config.search.multi_objective
+    known = _known(run_dir, config, where="resume --num-samples") if learns else []
     config = replace(config, search=replace(config.search, num_samples=num_samples, points_to_evaluate=()))
     if not st.is_uri(run_dir):  # the run may have moved since: its directory decides where it is
         config = replace(config, storage=os.path.dirname(run_dir.rstrip("/")), name=os.path.basename(run_dir.rstrip("/")))
@@ -367,7 +378,7 @@ def extend(run_dir: str | os.PathLike, num_samples: int, *, address: str | None 
         set_aside_results(local_dir)
 
         def tune() -> Any:
-            console = [] if quiet else [_ray.ConsoleCallback(config.search.metric, plan.total,
+            console = [] if quiet else [_ray.ConsoleCallback(config.search.primary_metric, plan.total,
                                                                 max_epochs=config.train.max_epochs)]
             return _ray.run_tuner(config, shared, _trial_function(config), run_dir_parent=st.absolute(config.storage),
                                   callbacks=console, plan=plan, staging=_staging(run_dir, local_dir))

@@ -174,9 +174,10 @@ def test_many_problems_in_one_error():
                "A trial parameter is one of batch_size, lr, optimizer, seed, module__<name>")
     assert one("search.algorithm: ") == (
         "search.algorithm: unknown searcher 'gird'; did you mean 'grid'? "
-        "(choose from grid, random, optuna, hyperopt)")
+        "(choose from grid, random, optuna, hyperopt, bohb)")
     metric = one("search.metric: 'val_f1' is not reported")
-    assert metric.endswith("trials report train_loss, val_loss, val_accuracy (add the metric to train.metrics)")
+    assert metric.endswith("trials report train_loss, val_loss, val_accuracy and n_params, epoch_time_s, "
+                           "samples_per_s (add the metric to train.metrics)")
     assert one("scheduler.name: ") == (
         f"scheduler.name: unknown scheduler 'ashaa'; did you mean 'asha'? (choose from {', '.join(SCHEDULERS)})")
     assert list(SCHEDULERS)[:4] == ["fifo", "asha", "hyperband", "median"]

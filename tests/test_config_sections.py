@@ -266,7 +266,7 @@ def test_metrics_fit_task_and_metric_is_reported():
     # a metric of the wrong task is not reported either
     assert _rule(rules.metric_is_reported, train={"metrics": ("accuracy", "mae")}, search={"metric": "val_mae"}) == [
         "search.metric: 'val_mae' is not reported; trials report train_loss, val_loss, "
-        "val_accuracy (add the metric to train.metrics)"]
+        "val_accuracy and n_params, epoch_time_s, samples_per_s (add the metric to train.metrics)"]
 
 
 def test_searcher_takes_space():

@@ -191,9 +191,9 @@ def test_parse_space_missing_several_keys_and_bad_shapes():
 
 def test_check_searcher_unknown():
     assert check_searcher({}, "bayes") == [
-        "search.algorithm: must be one of ['grid', 'random', 'optuna', 'hyperopt'], got 'bayes'"
+        "search.algorithm: must be one of ['grid', 'random', 'optuna', 'hyperopt', 'bohb'], got 'bayes'"
     ]
-    assert SEARCHERS == ("grid", "random", "optuna", "hyperopt")
+    assert SEARCHERS == ("grid", "random", "optuna", "hyperopt", "bohb")
 
 
 def test_check_searcher_grid():

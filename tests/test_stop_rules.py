@@ -47,8 +47,8 @@ def test_every_rule_reads_and_round_trips():
 
 def test_a_target_on_a_metric_never_reported_is_refused_with_a_suggestion():
     assert ("stop.val_acuracy: trials never report 'val_acuracy', so the target could never be reached; did you "
-            "mean 'val_accuracy'?; trials report train_loss, val_loss, val_accuracy (add the metric to "
-            "train.metrics)") in _problems(stop={"val_acuracy": 0.9})
+            "mean 'val_accuracy'?; trials report train_loss, val_loss, val_accuracy, n_params, epoch_time_s, "
+            "samples_per_s (add the metric to train.metrics)") in _problems(stop={"val_acuracy": 0.9})
     assert "stop_all_at.val_f1: trials never report 'val_f1'" in _problems(stop_all_at={"val_f1": 0.9})
 
 

@@ -28,7 +28,7 @@ from .cluster import check_resources, check_storage, connect  # noqa: E402
 from .loggers import logger_callbacks  # noqa: E402
 from .local import is_running, shutdown, start_local  # noqa: E402
 from .run import can_restore, restore_tuner, run_stop, run_tuner  # noqa: E402
-from .search import SearchPlan, build_scheduler, build_search, param_space  # noqa: E402
+from .search import SearchPlan, build_scheduler, build_search, param_space, tune_objective  # noqa: E402
 from .trial import RayReporter, SharedData, share  # noqa: E402
 
 __all__ = [
@@ -42,6 +42,7 @@ __all__ = [
     "build_search",
     "build_scheduler",
     "SearchPlan",
+    "tune_objective",
     "RayReporter",
     "SharedData",
     "share",

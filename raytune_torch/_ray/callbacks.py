@@ -44,7 +44,8 @@ class HistoryCallback(tune.Callback):
         # donors' checkpoints later, so it keeps all until the end (results prunes them then).
         self.prune = config.scheduler.name != "pbt"
         self.keep = config.checkpoint.keep
-        self.metric, self.mode = config.search.metric, config.search.mode
+        # Several objectives: checkpoints are ranked by the first (the latest is always kept).
+        self.metric, self.mode = config.search.primary_metric, config.search.primary_mode
         self._checkpoints: dict[str, list[tuple[float, str]]] = {}
         self._pruner = None  # the thread that prunes, made on first use in the driver
         self._logged: dict[str, set] = {}
@@ -185,7 +186,7 @@ def _history_epochs(path: str) -> set:
     return epochs
 
 
-_EXTRA_KEYS = ("lr", "epoch_time_s", "samples_per_s", "trial_seed", "diverged", "early_stopped", "device", "node_id")
+_EXTRA_KEYS = ("lr", "epoch_time_s", "samples_per_s", "n_params", "trial_seed", "diverged", "early_stopped", "device", "node_id")
 
 
 class ConsoleCallback(tune.Callback):

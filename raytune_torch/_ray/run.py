@@ -14,7 +14,7 @@ from .callbacks import HistoryCallback, trial_dirname
 from .local import _workers_ready
 from ..config.stop import target_modes
 from .loggers import logger_callbacks
-from .search import SearchPlan, build_scheduler, build_search, param_space
+from .search import SearchPlan, build_scheduler, build_search, param_space, tune_objective
 from .stop import RunRules, take_record
 from .trial import SharedData, TrialFunction, trainable
 
@@ -66,9 +66,10 @@ def run_tuner(config: Any, shared: SharedData, trial_fn: TrialFunction, *, run_d
     take_record()  # nothing left over from an earlier run in this process
     rules = RunRules(config.search.time_budget_s, target_modes(config, config.stop_all_at))
     run_dir = join(run_dir_parent, config.name)
+    metric, mode = tune_objective(config)
     tune_config = tune.TuneConfig(
-        metric=config.search.metric,
-        mode=config.search.mode,
+        metric=metric,
+        mode=mode,
         search_alg=plan.search_alg,
         scheduler=build_scheduler(config),
         num_samples=plan.num_samples,
@@ -84,8 +85,8 @@ def run_tuner(config: Any, shared: SharedData, trial_fn: TrialFunction, *, run_d
             # Ray keeps every checkpoint; HistoryCallback applies the disk budget as results arrive
             # (and results.write_results at the end).
             num_to_keep=None,
-            checkpoint_score_attribute=config.search.metric,
-            checkpoint_score_order=config.search.mode,
+            checkpoint_score_attribute=config.search.primary_metric,
+            checkpoint_score_order=config.search.primary_mode,
         ),
         failure_config=tune.FailureConfig(max_failures=config.max_failures),
         stop=rules if rules.active else None,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+import threading
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -96,24 +98,7 @@ def build_search(config: Any, model_size: Callable[[dict[str, Any]], int | None]
         note = f"{grid} grid point(s) x {search.num_samples} sample(s)" if grid > 1 else None
         return SearchPlan(alg, search.num_samples, grid * search.num_samples, note)
     if algorithm == "optuna":
-        try:
-            import optuna
-            from ray.tune.search.optuna import OptunaSearch
-        except ImportError:
-            raise ConfigError(["search: optuna is not installed; pip install 'raytune-torch[optuna]'"]) from None
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        searched = sp.searched(space)
-        if searched and all(isinstance(v, sp.Grid) for v in searched.values()):
-            grid = {k: list(v.values) for k, v in searched.items()}
-            n = len(sp.grid_points(space, "optuna"))
-            sampler = optuna.samplers.GridSampler(grid, seed=config.seed)
-            return SearchPlan(OptunaSearch(sampler=sampler, seed=config.seed), n, n,
-                              f"an all-grid space runs as Optuna's GridSampler: {n} trials")
-        sampler = optuna.samplers.TPESampler(seed=seed)
-        study = _known_study(known, space, search.mode) if known else {}
-        note = f"Optuna starts from {len(known)} earlier trial(s)" if known else None
-        return SearchPlan(OptunaSearch(sampler=sampler, points_to_evaluate=points, **study),
-                          search.num_samples, search.num_samples, note)
+        return optuna_plan(config, known=known, seed=seed, points=points)
     if algorithm == "hyperopt":
         try:
             from ray.tune.search.hyperopt import HyperOptSearch
@@ -122,7 +107,101 @@ def build_search(config: Any, model_size: Callable[[dict[str, Any]], int | None]
             raise ConfigError(["search: hyperopt is not installed; pip install 'raytune-torch[hyperopt]'"]) from None
         return SearchPlan(HyperOptSearch(points_to_evaluate=points, random_state_seed=seed), search.num_samples,
                           search.num_samples)
+    if algorithm == "bohb":
+        return SearchPlan(bohb_searcher(config), search.num_samples, search.num_samples,
+                          "bohb samples with its HyperBand scheduler (HyperBandForBOHB), which pauses and resumes trials")
+    if not isinstance(algorithm, str) or ":" in algorithm:
+        searcher = own_searcher(algorithm)
+        return SearchPlan(searcher, search.num_samples, search.num_samples,
+                          f"searcher of your own: {type(searcher).__name__}")
     raise ConfigError([f"search.algorithm: unknown searcher {algorithm!r}"])
+
+
+def tune_objective(config: Any) -> tuple[str | None, str | None]:
+    """The ``metric`` and ``mode`` Tune's TuneConfig gets: the search's one metric, or None for
+    several objectives (TuneConfig takes one metric; OptunaSearch is given the lists itself)."""
+    search = config.search
+    if search.multi_objective:
+        return None, None
+    return search.primary_metric, search.primary_mode
+
+
+def optuna_sampler(config: Any, seed: int | None = None) -> tuple[Any, str | None]:
+    """Optuna's sampler named by ``search.sampler`` (tpe when unset), seeded with ``seed`` (default:
+    the experiment's seed), and a note on what it cannot model in this space (None when nothing)."""
+    import optuna
+
+    name = config.search.sampler or "tpe"
+    seed = config.seed if seed is None else seed
+    searched = sp.searched(config.space)
+    choices = sorted(k for k, v in searched.items() if isinstance(v, sp.Choice))
+    ranges = sorted(k for k, v in searched.items() if isinstance(v, (sp.Float, sp.Int)))
+    samplers = optuna.samplers
+    note = None
+    if name == "tpe":
+        sampler = samplers.TPESampler(seed=seed)
+    elif name == "nsga2":
+        sampler = samplers.NSGAIISampler(seed=seed)
+        if hasattr(sampler, "_thread_lock"):  # Optuna's genetic samplers hold a lock Tune cannot pickle
+            sampler._thread_lock = _PicklableLock()
+        size = 50  # Optuna's default population_size
+        if config.search.num_samples <= size:
+            note = (f"nsga2 breeds generations of {size} trials: the first {size} are drawn at random, so "
+                    f"{config.search.num_samples} trial(s) are a random search")
+    elif name == "cmaes":
+        sampler = samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+        drawn = choices + (ranges if len(ranges) < 2 else [])
+        if drawn:
+            note = (f"cmaes models two or more float/int ranges together; it draws {drawn} at random")
+    elif name == "gp":
+        sampler = samplers.GPSampler(seed=seed)
+    elif name == "qmc":
+        with warnings.catch_warnings():  # "experimental" since Optuna 3.0
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            sampler = samplers.QMCSampler(seed=seed, warn_independent_sampling=False)
+        if choices:
+            note = f"qmc covers the float/int ranges with a low-discrepancy sequence; it draws {choices} at random"
+    elif name == "random":
+        sampler = samplers.RandomSampler(seed=seed)
+    else:
+        raise ConfigError([f"search.sampler: unknown sampler {name!r}"])
+    return sampler, note
+
+
+class _PicklableLock:
+    """A ``threading.Lock`` that survives pickling (as a new, unlocked lock): Tune pickles the
+    searcher, and with it the sampler, when the Tuner is built and at each experiment checkpoint."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> bool:
+        return self._lock.__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        self._lock.__exit__(*exc)
+
+    def __getstate__(self) -> dict:
+        return {}
+
+    def __setstate__(self, state: dict) -> None:
+        self._lock = threading.Lock()
+
+
+def optuna_searcher(config: Any, sampler: Any, *, points: list[dict] | None = None,
+                    known: Sequence[Any] = ()) -> Any:
+    """Ray's OptunaSearch with ``sampler``: the space comes from Tune's param_space; several
+    objectives are given here as lists (one Optuna study with one direction each), one metric
+    through TuneConfig (:func:`tune_objective`). ``points`` are enqueued first; ``known`` earlier
+    trials are in the study before the first suggestion (:func:`_known_study`)."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    search = config.search
+    study = _known_study(known, config.space, search.primary_mode) if known else {}
+    if search.multi_objective:
+        return OptunaSearch(sampler=sampler, metric=list(search.metrics), mode=list(search.modes),
+                            points_to_evaluate=points, **study)
+    return OptunaSearch(sampler=sampler, points_to_evaluate=points, **study)
 
 
 def _optuna_distribution(param: sp.Param) -> Any:
@@ -139,7 +218,7 @@ def _optuna_distribution(param: sp.Param) -> Any:
 
 def _known_study(known: Sequence[Any], space: Mapping[str, Any], mode: str) -> dict[str, Any]:
     """OptunaSearch's ``storage`` and ``study_name`` for a study that already holds ``known``
-    trials as completed ones (Optuna's public ``add_trial``), so TPE starts from them."""
+    trials as completed ones (Optuna's public ``add_trial``), so the sampler starts from them."""
     import optuna
 
     storage = optuna.storages.InMemoryStorage()
@@ -152,6 +231,74 @@ def _known_study(known: Sequence[Any], space: Mapping[str, Any], mode: str) -> d
         study.add_trial(optuna.trial.create_trial(params=dict(trial.params), distributions=distributions,
                                                   value=float(trial.value)))
     return {"storage": storage, "study_name": name}
+
+
+def optuna_plan(config: Any, *, known: Sequence[Any] = (), seed: int | None = None,
+                points: list[dict] | None = None) -> SearchPlan:
+    """search: optuna: an all-grid space as Optuna's GridSampler (each point once); otherwise
+    ``search.sampler`` over ``num_samples`` trials, after ``points`` and from ``known`` trials."""
+    try:
+        import optuna
+        from ray.tune.search.optuna import OptunaSearch  # noqa: F401
+    except ImportError:
+        raise ConfigError(["search: optuna is not installed; pip install 'raytune-torch[optuna]'"]) from None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    search, space = config.search, config.space
+    objectives = (f"{len(search.metrics)} objectives {list(search.metrics)} ({', '.join(m for m in search.modes)}); "
+                  f"best.json holds the Pareto front") if search.multi_objective else None
+    searched = sp.searched(space)
+    if searched and all(isinstance(v, sp.Grid) for v in searched.values()):
+        grid = {k: list(v.values) for k, v in searched.items()}
+        n = len(sp.grid_points(space, "optuna"))
+        sampler = optuna.samplers.GridSampler(grid, seed=config.seed)
+        note = "; ".join(filter(None, [f"an all-grid space runs as Optuna's GridSampler: {n} trials", objectives]))
+        return SearchPlan(optuna_searcher(config, sampler), n, n, note)
+    sampler, note = optuna_sampler(config, seed)
+    name = search.sampler or "tpe"
+    warm = f"Optuna starts from {len(known)} earlier trial(s)" if known else None
+    note = "; ".join(filter(None, [f"Optuna's {name} sampler" if search.sampler or objectives else None,
+                                   objectives, note, warm])) or None
+    return SearchPlan(optuna_searcher(config, sampler, points=points, known=known), search.num_samples,
+                      search.num_samples, note)
+
+
+def bohb_searcher(config: Any) -> Any:
+    """Ray's TuneBOHB (hpbandster's BOHB config generator), seeded with the experiment's seed; it
+    runs with :func:`build_scheduler`'s HyperBandForBOHB."""
+    try:
+        import ConfigSpace  # noqa: F401
+        import hpbandster  # noqa: F401
+        from ray.tune.search.bohb import TuneBOHB
+    except ImportError:
+        raise ConfigError(["search: bohb needs hpbandster and ConfigSpace; pip install 'raytune-torch[bohb]'"]) from None
+    return TuneBOHB(seed=config.seed)
+
+
+def own_searcher(algorithm: Any) -> Any:
+    """A ``ray.tune.search.Searcher`` object as it is, or one built (without arguments) from the
+    import path ``package.module:Class``."""
+    from ray.tune.search import Searcher
+
+    from .. import components as comp
+    from ..exceptions import PreflightError
+
+    shown = repr(algorithm) if isinstance(algorithm, str) else f"{type(algorithm).__name__} object"
+    if isinstance(algorithm, str):
+        try:
+            algorithm = comp.resolve(algorithm, what="search.algorithm")
+        except PreflightError as exc:
+            raise ConfigError([str(exc)]) from None
+        if isinstance(algorithm, type) and issubclass(algorithm, Searcher):
+            try:
+                algorithm = algorithm()
+            except Exception as exc:
+                raise ConfigError([f"search.algorithm: {algorithm.__name__}() failed: {type(exc).__name__}: {exc}; "
+                                   f"a searcher named by its import path is built without arguments (from Python, "
+                                   f"pass a Searcher object)"]) from None
+    if not isinstance(algorithm, Searcher):
+        raise ConfigError([f"search.algorithm: {shown} is not a ray.tune.search.Searcher; give a searcher "
+                           f"name ({', '.join(sp.SEARCHERS)}), a Searcher object or the import path of its class"])
+    return algorithm
 
 
 def _largest_first(points: list[dict[str, Any]], model_size: Callable[[dict[str, Any]], int | None]) -> list[dict[str, Any]]:
@@ -190,6 +337,8 @@ def build_scheduler(config: Any) -> Any:
     if name == "asha":
         return s.ASHAScheduler(time_attr="epoch", max_t=max_t, grace_period=opts["grace_period"],
                                reduction_factor=opts["reduction_factor"], brackets=opts["brackets"])
+    if name == "hyperband" and config.search.algorithm == "bohb":
+        return s.HyperBandForBOHB(time_attr="epoch", max_t=max_t, reduction_factor=opts["reduction_factor"])
     if name == "hyperband":
         return s.HyperBandScheduler(time_attr="epoch", max_t=max_t, reduction_factor=opts["reduction_factor"])
     if name == "median":

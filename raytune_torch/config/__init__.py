@@ -20,7 +20,7 @@ from .params import PLAIN_PARAMS, PREFIXES, check_param_names
 from .resources import ResourcesConfig
 from .rules import RULES
 from .scheduler import SCHEDULERS, SchedulerConfig, check_grace_period, parse_scheduler
-from .search import SearchConfig
+from .search import SAMPLERS, SearchConfig
 from .train import HIGHER_IS_BETTER, METRICS, TASKS, EarlyStoppingConfig, TrainConfig
 
 __all__ = [
@@ -51,6 +51,7 @@ __all__ = [
     "METRICS",
     "HIGHER_IS_BETTER",
     "SCHEDULERS",
+    "SAMPLERS",
     "BUNDLED_DATASETS",
     "PLAIN_PARAMS",
     "PREFIXES",

@@ -98,8 +98,8 @@ class ExperimentConfig:
 
 def _follow_other_sections(values: dict[str, Any]) -> dict[str, Any]:
     """Fill in the defaults that follow another section: the task follows a bundled dataset,
-    ``train.metrics`` the task (its first metric), and ``search.mode`` the search metric (None for
-    a metric of the user's own function: the rules ask for it)."""
+    ``train.metrics`` the task (its first metric), and ``search.mode`` the search metric, or each of
+    several (None for a metric of the user's own function: the rules ask for it)."""
     dataset = values["data"].dataset
     task = values.get("task") or BUNDLED_DATASETS.get(dataset if isinstance(dataset, str) else "", "classification")
     train = values.get("train", TrainConfig(metrics=None))
@@ -108,6 +108,8 @@ def _follow_other_sections(values: dict[str, Any]) -> dict[str, Any]:
     search = values.get("search", SearchConfig())
     if search.mode is None and isinstance(search.metric, str):
         search = replace(search, mode=direction(search.metric, train.metrics))
+    elif search.mode is None and isinstance(search.metric, tuple):
+        search = replace(search, mode=tuple(direction(m, train.metrics) for m in search.metric))
     return {**values, "task": task, "train": train, "search": search}
 
 

@@ -14,6 +14,7 @@ from ..exceptions import ConfigError
 from ._problems import Problems
 from .experiment import ExperimentConfig
 from .scheduler import SCHEDULERS
+from .search import is_searcher_object
 
 __all__ = ["load_config", "config_to_dict", "OVERRIDES"]
 
@@ -28,6 +29,7 @@ OVERRIDES = {
     "time_budget_s": ("search", "time_budget_s"),
     "metric": ("search", "metric"),
     "mode": ("search", "mode"),
+    "sampler": ("search", "sampler"),
     "scheduler": ("scheduler", "name"),
     "max_failures": ("max_failures",),
     "max_epochs": ("train", "max_epochs"),
@@ -82,7 +84,9 @@ def _read_file(path: Path) -> dict[str, Any]:
 
 
 def _apply_overrides(raw: dict, overrides: Mapping[str, Any]) -> dict:
-    raw = copy.deepcopy(raw)
+    # A searcher object in the dict is the user's own, used as it is (never copied).
+    searcher = raw.get("search", {}).get("algorithm") if isinstance(raw.get("search"), Mapping) else None
+    raw = copy.deepcopy(raw, {id(searcher): searcher} if is_searcher_object(searcher) else None)
     unknown = [k for k in overrides if k not in OVERRIDES]
     if unknown:
         raise ConfigError([f"override {k!r} is not known{Problems.suggest(k, OVERRIDES)} "

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from ._problems import Problems
-from .train import direction
+from .train import MEASURED, direction
 
 if TYPE_CHECKING:
     from .experiment import ExperimentConfig
@@ -48,11 +48,11 @@ def target_modes(config: ExperimentConfig, targets: Mapping[str, float]) -> dict
     """Each target with the direction that reaches it: ``max`` (reached at or above the value) for
     a higher-is-better metric, ``min`` (at or below) for a loss or error; a metric of the user's
     own function follows ``search.mode`` when it is the search metric."""
-    out = {}
+    search, out = config.search, {}
     for metric, value in targets.items():
         mode = direction(metric, config.train.metrics or ())
-        if mode is None and metric == config.search.metric:
-            mode = config.search.mode
+        if mode is None and metric in search.metrics:
+            mode = search.modes[search.metrics.index(metric)]
         out[metric] = (value, mode or "min")
     return out
 
@@ -67,14 +67,14 @@ def reached(value: Any, target: float, mode: str) -> bool:
 def check_targets(config: ExperimentConfig) -> list[str]:
     """Every target names a metric that trials report, in a direction that is known."""
     problems = []
-    reported = list(config.metric_names)
+    reported = [*config.metric_names, *MEASURED]
     for key in ("stop", "stop_all_at"):
         for metric in getattr(config, key):
             if metric not in reported:
                 problems.append(f"{key}.{metric}: trials never report {metric!r}, so the target could never be "
                                 f"reached{Problems.suggest(metric, reported)}; trials report {', '.join(reported)} "
                                 f"(add the metric to train.metrics)")
-            elif direction(metric, config.train.metrics or ()) is None and metric != config.search.metric:
+            elif direction(metric, config.train.metrics or ()) is None and metric not in config.search.metrics:
                 problems.append(f"{key}.{metric}: {metric!r} comes from a function of yours, so whether it is reached "
                                 f"from above or below is unknown; make it search.metric (with search.mode) or stop "
                                 f"on a built-in metric")

@@ -9,7 +9,7 @@ from typing import Any
 
 from ._problems import Problems, field_names, given
 
-__all__ = ["TrainConfig", "EarlyStoppingConfig", "TASKS", "METRICS", "HIGHER_IS_BETTER", "PRECISIONS",
+__all__ = ["TrainConfig", "EarlyStoppingConfig", "TASKS", "METRICS", "HIGHER_IS_BETTER", "PRECISIONS", "MEASURED",
            "is_own", "reported_name", "scorer_tasks", "check_metrics", "direction"]
 
 TASKS = ("classification", "regression")
@@ -20,6 +20,9 @@ METRICS = {
     "regression": ("mse", "mae", "r2"),
 }
 HIGHER_IS_BETTER = {"accuracy", "f1", "roc_auc", "r2"}
+# What every trial measures each epoch besides its metrics, and which way is better: a search may
+# optimize these too (model size and speed as objectives beside accuracy).
+MEASURED = {"n_params": "min", "epoch_time_s": "min", "samples_per_s": "max"}
 # train.precision: float32 throughout, or autocast to bfloat16 / float16 (with a gradient scaler).
 PRECISIONS = ("32", "bf16", "fp16")
 
@@ -99,6 +102,8 @@ def direction(metric: str, specs: Sequence[Any]) -> str | None:
     not reported is ``"min"`` (and reported as a problem by the rules)."""
     if metric in ("train_loss", "val_loss"):
         return "min"
+    if metric in MEASURED:
+        return MEASURED[metric]
     name = metric.removeprefix("val_")
     if any(is_own(spec) and reported_name(spec) == name for spec in specs):
         return None
