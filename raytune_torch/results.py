@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from .exceptions import ResultsError
+from .space import active_params
 
 __all__ = ["TuneResult", "write_results", "write_trial_table", "METRIC_COLUMNS"]
 
@@ -100,7 +101,7 @@ def write_results(run_dir: str, config: Any, data: Any, grid: Any, local_dir: st
         _prune_checkpoints(result, _kept_checkpoints(result, ranked, config.checkpoint.keep, status))
         best_checkpoint = ranked[0] if ranked else (result.checkpoint.path if result.checkpoint else None)
         best_checkpoint = location(best_checkpoint) if best_checkpoint else None
-        params = dict(result.config or {})
+        params = active_params(config.space, result.config or {})  # inactive ones are missing
         trials.append(trial_id)
         base = {"trial_id": trial_id, "status": status, "error": error}
         cfg = {f"config/{k}": (v if isinstance(v, (int, float, str, bool)) or v is None else json.dumps(v))

@@ -37,6 +37,7 @@ from .data import Splits, as_tensors
 from .device_data import CachePlan, device_batches, pinned, place, plan_cache, tensor_bytes, trial_gpu_memory
 from .loop import StepContext, default_step, evaluate, make_scaler, train_epoch
 from .metrics import resolve_metrics
+from .space import active_params
 
 __all__ = ["Reporter", "Trial", "run_trial", "experiment_trial", "derive_seed", "build_components", "preflight", "model_size"]
 
@@ -126,7 +127,8 @@ class Trial:
     def __init__(self, config: Any, params: dict[str, Any], data: Any, reporter: Reporter, *,
                  cpus: float = 1.0, gpu_share: float = 0.0) -> None:
         self.config = config
-        self.params = dict(params)
+        # a conditional parameter that is inactive for these values never reaches a component
+        self.params = active_params(config.space, params)
         self.reporter = reporter
         self.task = config.task
         self.metric = config.search.metric

@@ -114,6 +114,12 @@ def pbt_can_mutate(config: ExperimentConfig) -> list[str]:
             f"{structural} constants (pbt mutates optimizer, loss and batch-size parameters)")
     if not searched:
         problems.append("space: pbt needs at least one searched parameter to mutate")
+    conditional = sorted(sp.conditions(config.space))
+    if conditional:
+        problems.append(
+            f"space: pbt mutates every searched parameter of a trial, so it would set the conditional "
+            f"parameters {conditional} where they are inactive (and switch what they depend on under a running "
+            f"trial); remove their `when`, or use scheduler: asha")
     interval, every = config.scheduler.options.get("perturbation_interval", 1), config.checkpoint.every
     if interval % every:
         problems.append(
