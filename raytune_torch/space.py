@@ -289,7 +289,8 @@ def _holds(value: Any, allowed: tuple) -> bool:
 
 def _describe(value: Any) -> str:
     if isinstance(value, (Float, Int)):
-        return f"{'a log ' if value.log else 'a '}{'float' if isinstance(value, Float) else 'int'} range"
+        kind = "float" if isinstance(value, Float) else "int"
+        return f"a log {kind} range" if value.log else f"{'a' if kind == 'float' else 'an'} {kind} range"
     return f"a constant ({value!r})"
 
 

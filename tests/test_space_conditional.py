@@ -120,7 +120,7 @@ def test_a_condition_on_a_range_or_a_constant_is_refused():
         "module__activation": "relu",
         "module__layers": {"type": "choice", "values": [1, 2], "when": {"module__activation": "relu"}},
     }) == [
-        "space.module__dropout.when: 'module__hidden' is a int range; a condition needs a `choice` or `grid` "
+        "space.module__dropout.when: 'module__hidden' is an int range; a condition needs a `choice` or `grid` "
         "parameter, so list module__hidden's values with `type: choice`",
         "space.module__dropout.when: 'lr' is a log float range; a condition needs a `choice` or `grid` "
         "parameter, so list lr's values with `type: choice`",
