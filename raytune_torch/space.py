@@ -52,7 +52,7 @@ model or the optimizer; the results show it as missing. Per searcher:
   ``grid`` parameter may depend only on other grid parameters (grids are enumerated first);
 * ``optuna``: define-by-run: a parameter is suggested only while it is active, so TPE models it
   only on the trials where it was used; an all-grid space (Optuna's GridSampler) is refused;
-* ``hyperopt``: refused.
+* ``hyperopt`` (and any searcher not in :data:`CONDITIONAL_SEARCHERS`): refused.
 """
 
 from __future__ import annotations
@@ -72,6 +72,7 @@ __all__ = [
     "Grid",
     "Param",
     "SEARCHERS",
+    "CONDITIONAL_SEARCHERS",
     "parse_space",
     "check_searcher",
     "grid_values",
@@ -86,6 +87,8 @@ __all__ = [
 ]
 
 SEARCHERS = ("grid", "random", "optuna", "hyperopt")
+#: the searchers that leave an inactive conditional parameter out (any other is refused with `when`)
+CONDITIONAL_SEARCHERS = ("grid", "random", "optuna")
 
 
 def _is_number(value: Any) -> bool:
@@ -466,8 +469,8 @@ def _conditions_under(space: Mapping[str, Any], searcher: str) -> list[str]:
         return []
     names = sorted(conditional)
     params = searched(space)
-    if searcher == "hyperopt":
-        return [f"space: search: hyperopt cannot leave out inactive parameters ({names} have `when`); use "
+    if searcher not in CONDITIONAL_SEARCHERS:
+        return [f"space: search: {searcher} cannot leave out inactive parameters ({names} have `when`); use "
                 f"search: optuna (it suggests a parameter only while it is active), random or grid, or remove "
                 f"`when`"]
     if searcher == "optuna" and all(isinstance(v, Grid) for v in params.values()):

@@ -348,3 +348,17 @@ def test_tensorboard_leaves_an_inactive_parameter_blank():
     data = HParamsPluginData()
     data.ParseFromString(summary.value[0].metadata.plugin_data.content)
     assert set(data.session_start_info.hparams) == {"optimizer"}
+
+
+def test_torch_search_cv_refuses_conditional_parameters():
+    from raytune_torch.search_cv import params_to_space
+
+    params = {"optimizer": ["adam", "sgd"],
+              "optimizer__momentum": {"type": "float", "low": 0.5, "high": 0.99, "when": {"optimizer": "sgd"}},
+              "optimizer__weight_decay": Float(0.0, 0.1, when={"optimizer": "sgd"})}
+    with pytest.raises(ConfigError) as info:
+        params_to_space(params, "random")
+    assert info.value.problems == [
+        f"params.{name}: TorchSearchCV takes no conditional parameters (`when`); search them with an experiment "
+        f"file (raytune_torch.run), or list the combinations as a list of grids"
+        for name in ("optimizer__momentum", "optimizer__weight_decay")]
