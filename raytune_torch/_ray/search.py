@@ -97,14 +97,13 @@ def build_search(config: Any, model_size: Callable[[dict[str, Any]], int | None]
         from ray.tune.search.basic_variant import BasicVariantGenerator
 
         grid = max(1, len(sp.grid_points(space, "random")))
+        note = f"{grid} grid point(s) x {search.num_samples} sample(s)" if grid > 1 else None
         if sp.conditions(space):
             points = sampled_points(space, search.num_samples, config.seed)
             alg = BasicVariantGenerator(points_to_evaluate=points, random_state=config.seed,
                                         max_concurrent=search.max_concurrent or 0)
-            note = f"{grid} grid point(s) x {search.num_samples} sample(s)" if grid > 1 else None
             return SearchPlan(alg, len(points), len(points), note)
         alg = BasicVariantGenerator(random_state=config.seed, max_concurrent=search.max_concurrent or 0)
-        note = f"{grid} grid point(s) x {search.num_samples} sample(s)" if grid > 1 else None
         return SearchPlan(alg, search.num_samples, grid * search.num_samples, note)
     if algorithm == "optuna":
         try:
