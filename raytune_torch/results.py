@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from .exceptions import ResultsError
+from .space import active_params
 
 __all__ = ["TuneResult", "write_results", "write_trial_table", "pareto_front", "METRIC_COLUMNS"]
 
@@ -195,7 +196,8 @@ def write_results(run_dir: str, config: Any, data: Any, grid: Any, local_dir: st
         best_checkpoint = latest if multi else (ranked[0] if ranked else latest)
         best_checkpoint = location(best_checkpoint) if best_checkpoint else None
         checkpoints[trial_id] = best_checkpoint
-        params = {k: _plain(v) for k, v in (result.config or {}).items()}
+        # inactive conditional parameters are missing
+        params = {k: _plain(v) for k, v in active_params(config.space, result.config or {}).items()}
         trials.append(trial_id)
         if multi and history and status not in ("error", "diverged"):
             last = history[-1]

@@ -61,6 +61,11 @@ def params_to_space(params: Mapping[str, Any], search: str) -> dict[str, Any]:
     space: dict[str, Any] = {}
     problems = []
     for name, value in params.items():
+        if getattr(value, "when", None) or (isinstance(value, Mapping) and "when" in value):
+            problems.append(f"params.{name}: TorchSearchCV takes no conditional parameters (`when`); search "
+                            f"them with an experiment file (raytune_torch.run), or list the combinations as a "
+                            f"list of grids")
+            continue
         if isinstance(value, (sp.Float, sp.Int, sp.Choice, sp.Grid)):
             space[name] = value
         elif isinstance(value, Mapping) and "type" in value:

@@ -108,6 +108,7 @@ def session_start(params: Mapping[str, Any], space: Mapping[str, Any]):
     from tensorboard.plugins.hparams.plugin_data_pb2 import SessionStartInfo
 
     info = SessionStartInfo()
+    params = sp.active_params(space, params)  # an inactive parameter is left blank in the table
     for name in sp.searched(space):
         if name not in params:
             continue

@@ -38,6 +38,7 @@ from .data import Splits, as_tensors
 from .device_data import CachePlan, device_batches, pinned, place, plan_cache, tensor_bytes, trial_gpu_memory
 from .loop import StepContext, default_step, evaluate, make_scaler, train_epoch
 from .metrics import resolve_metrics
+from .space import active_params
 
 __all__ = ["Reporter", "Trial", "run_trial", "experiment_trial", "derive_seed", "build_components", "preflight", "model_size"]
 
@@ -127,8 +128,9 @@ class Trial:
     def __init__(self, config: Any, params: dict[str, Any], data: Any, reporter: Reporter, *,
                  cpus: float = 1.0, gpu_share: float = 0.0) -> None:
         self.config = config
-        # A searcher may propose NumPy scalars (BOHB's ConfigSpace does); the checkpoint loads only plain values.
-        self.params = {k: v.item() if isinstance(v, np.generic) else v for k, v in params.items()}
+        # A conditional parameter that is inactive for these values never reaches a component; a
+        # searcher may propose NumPy scalars (BOHB's ConfigSpace does): the checkpoint loads only plain values.
+        self.params = {k: v.item() if isinstance(v, np.generic) else v for k, v in active_params(config.space, params).items()}
         self.reporter = reporter
         self.task = config.task
         self.metric = config.search.primary_metric  # early stopping watches the first of several objectives

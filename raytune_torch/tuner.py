@@ -362,7 +362,8 @@ def extend(run_dir: str | os.PathLike, num_samples: int, *, address: str | None 
         raise ResultsError(f"{exc}; --num-samples adds trials to a finished run (an interrupted one is "
                            f"finished with `raytune-torch resume {shown}` first)") from None
     n_earlier = int(earlier.table["trial_id"].nunique())
-    learns = config.search.algorithm == "optuna" and not config.search.multi_objective
+    learns = (config.search.algorithm == "optuna" and not config.search.multi_objective
+              and not sp.conditions(config.space))
     known = _known(run_dir, config, where="resume --num-samples") if learns else []
     config = replace(config, search=replace(config.search, num_samples=num_samples, points_to_evaluate=()))
     if not st.is_uri(run_dir):  # the run may have moved since: its directory decides where it is

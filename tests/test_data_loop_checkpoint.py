@@ -466,6 +466,7 @@ def _state(model=None, epoch=3, **changes):
         "params": {"optimizer__lr": 0.01, "module__hidden": 4, "optimizer": "adam"},
         "trial_seed": 1234,
         "history": [{"epoch": 1, "val_loss": 0.5}, {"epoch": 2, "val_loss": 0.25}],
+        "stop": {"rule": "", "time_s": 1.5},
     }
     state.update(changes)
     return state
@@ -648,6 +649,6 @@ def test_pruning_during_a_run_warns_instead_of_failing(tmp_path, caplog):
     kept = tmp_path / "checkpoint_000001"
     ckpt.save_state(kept, {"format": ckpt.FORMAT, "epoch": 1, "model": {}, "optimizer": {}, "lr_scheduler": None,
                            "scaler": None, "early_stopping": {}, "rng": {}, "params": {}, "trial_seed": 0,
-                           "history": []})
+                           "history": [], "stop": {}})
     _prune_or_warn(str(kept), None)
     assert not (kept / ckpt.STATE_FILE).exists() and (kept / ckpt.PRUNED_FILE).is_file()

@@ -70,7 +70,7 @@ def test_fp16_scaler_state_round_trips_through_a_checkpoint(tmp_path):
     scaler.update(1024.0)  # a scale of its own, to see it come back
     state = {"format": ckpt.FORMAT, "epoch": 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
              "lr_scheduler": None, "scaler": scaler.state_dict(), "early_stopping": {}, "rng": ckpt.capture_rng(),
-             "params": {}, "trial_seed": 0, "history": []}
+             "params": {}, "trial_seed": 0, "history": [], "stop": {}}
     ckpt.save_state(tmp_path, state)
     loaded = ckpt.load_state(tmp_path)["scaler"]
     assert loaded == {"scale": 1024.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2000,

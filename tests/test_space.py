@@ -162,7 +162,7 @@ def test_parse_space_collects_every_problem():
     assert list(space) == ["ok"]
     assert problems == [
         "space.a: a `float` parameter needs `high`.",
-        "space.b: unknown key(s) ['stpe'] for a `int` parameter; allowed: high, log, low, step, type.",
+        "space.b: unknown key(s) ['stpe'] for a `int` parameter; allowed: high, log, low, step, type, when.",
         "space.c: `type` must be one of ['choice', 'float', 'grid', 'int'], but got 'uniform'.",
         "space.d: `type` must be one of ['choice', 'float', 'grid', 'int'], but got None; "
         "add e.g. `type: float`.",
@@ -176,7 +176,7 @@ def test_parse_space_missing_several_keys_and_bad_shapes():
     _, problems = parse_space({"x": {"type": "int"}})
     assert problems == ["space.x: a `int` parameter needs `high`, `low`."]
     _, problems = parse_space({"x": {"type": "choice", "values": [1], "low": 0}})
-    assert problems == ["space.x: unknown key(s) ['low'] for a `choice` parameter; allowed: type, values."]
+    assert problems == ["space.x: unknown key(s) ['low'] for a `choice` parameter; allowed: type, values, when."]
     assert parse_space([1, 2]) == ({}, ["space: must be a mapping of parameter name to definition, got [1, 2]"])
     space, problems = parse_space({"": 1, 3: 2, "lr": 0.1})
     assert space == {"lr": 0.1}

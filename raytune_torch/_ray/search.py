@@ -35,11 +35,23 @@ def _domain(param: sp.Param) -> Any:
 
 
 def param_space(space: Mapping[str, Any], algorithm: str) -> dict[str, Any]:
-    """Ray's param_space for ``space`` under ``algorithm`` (constants pass through)."""
+    """Ray's param_space for ``space`` under ``algorithm`` (constants pass through).
+
+    With conditional parameters, a grid's or random search's points carry every value (see
+    :func:`build_search`) and a conditional parameter is None where a point leaves it out; under
+    Optuna the define-by-run function suggests every searched parameter, so only constants remain.
+    """
+    conditional = sp.conditions(space)
     out: dict[str, Any] = {}
     for name, value in space.items():
         if not isinstance(value, (sp.Float, sp.Int, sp.Choice, sp.Grid)):
             out[name] = value
+        elif conditional and algorithm == "optuna":
+            continue
+        elif name in conditional and algorithm in ("grid", "random"):
+            out[name] = None
+        elif conditional and algorithm == "random" and isinstance(value, sp.Grid):
+            out[name] = tune.choice(list(value.values))  # enumerated by the points, not by Ray
         elif algorithm == "grid":
             # Enumerated through points_to_evaluate (see build_search); a sampled domain over the
             # same values keeps Ray's variant generator consistent.
@@ -93,9 +105,15 @@ def build_search(config: Any, model_size: Callable[[dict[str, Any]], int | None]
         from ray.tune.search.basic_variant import BasicVariantGenerator
 
         grid = max(1, len(sp.grid_points(space, "random")))
+        note = f"{grid} grid point(s) x {search.num_samples} sample(s)" if grid > 1 else None
+        if sp.conditions(space):
+            drawn = sampled_points(space, max(search.num_samples - len(points or []), 0), seed)
+            points = [*(points or []), *drawn]
+            alg = BasicVariantGenerator(points_to_evaluate=points, random_state=seed,
+                                        max_concurrent=search.max_concurrent or 0)
+            return SearchPlan(alg, len(points), len(points), note)
         alg = BasicVariantGenerator(points_to_evaluate=points, random_state=seed,
                                     max_concurrent=search.max_concurrent or 0)
-        note = f"{grid} grid point(s) x {search.num_samples} sample(s)" if grid > 1 else None
         return SearchPlan(alg, search.num_samples, grid * search.num_samples, note)
     if algorithm == "optuna":
         return optuna_plan(config, known=known, seed=seed, points=points)
@@ -198,6 +216,12 @@ def optuna_searcher(config: Any, sampler: Any, *, points: list[dict] | None = No
 
     search = config.search
     study = _known_study(known, config.space, search.primary_mode) if known else {}
+    if sp.conditions(config.space):  # suggests a parameter only while it is active
+        several = search.multi_objective
+        return OptunaSearch(space=DefineByRun(config.space),
+                            metric=list(search.metrics) if several else search.primary_metric,
+                            mode=list(search.modes) if several else search.primary_mode,
+                            sampler=sampler, points_to_evaluate=points, **study)
     if search.multi_objective:
         return OptunaSearch(sampler=sampler, metric=list(search.metrics), mode=list(search.modes),
                             points_to_evaluate=points, **study)
@@ -299,6 +323,60 @@ def own_searcher(algorithm: Any) -> Any:
         raise ConfigError([f"search.algorithm: {shown} is not a ray.tune.search.Searcher; give a searcher "
                            f"name ({', '.join(sp.SEARCHERS)}), a Searcher object or the import path of its class"])
     return algorithm
+
+
+def sampled_points(space: Mapping[str, Any], num_samples: int, seed: int | None) -> list[dict[str, Any]]:
+    """Random search over a conditional space, drawn here: for each of ``num_samples`` rounds, each
+    grid point (inactive grid parameters dropped) with every other parameter drawn from its Ray
+    domain, then the inactive parameters removed (:func:`raytune_torch.space.active_params`).
+
+    Ray's variant generator cannot leave a drawn parameter out of a trial's config, so the points
+    are given to it whole; one generator seeded with ``seed`` draws them all.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    grid = sp.grid_points(space, "random") or [{}]
+    sampled = {k: _domain(v) for k, v in sp.searched(space).items() if not isinstance(v, sp.Grid)}
+    points = []
+    for _ in range(num_samples):
+        for point in grid:
+            drawn = {k: domain.sample(random_state=rng) for k, domain in sampled.items()}
+            full = {**point, **{k: v.item() if hasattr(v, "item") else v for k, v in drawn.items()}}
+            points.append(sp.active_params(space, {k: full[k] for k in space if k in full}))
+    return points
+
+
+class DefineByRun:
+    """Optuna's define-by-run ``space`` for a conditional space: suggests the searched parameters
+    in :func:`raytune_torch.space.ordered` order, each only while it is active, so the sampler
+    models a parameter only on the trials that used it.
+
+    A class rather than a closure: OptunaSearch pickles its space with the experiment state.
+    Optuna samples a log range without its ``step`` (as Ray's own conversion does).
+    """
+
+    def __init__(self, space: Mapping[str, Any]) -> None:
+        self.space = dict(space)
+
+    def __call__(self, trial: Any) -> None:
+        chosen: dict[str, Any] = {}
+        for name in sp.ordered(self.space):
+            param = self.space[name]
+            if isinstance(param, (sp.Float, sp.Int, sp.Choice, sp.Grid)) and sp.is_active(self.space, name, chosen):
+                chosen[name] = _suggest(trial, name, param)
+        return None  # Ray takes the suggested values; constants come from the param_space
+
+
+def _suggest(trial: Any, name: str, param: sp.Param) -> Any:
+    """One Optuna suggestion; the name goes first and by position (Ray 2.41's captor reads args[0])."""
+    if isinstance(param, sp.Float):
+        step = None if param.log else param.step
+        return trial.suggest_float(name, param.low, param.high, step=step, log=param.log)
+    if isinstance(param, sp.Int):
+        step = 1 if param.log or param.step is None else param.step
+        return trial.suggest_int(name, param.low, param.high, step=step, log=param.log)
+    return trial.suggest_categorical(name, list(param.values))
 
 
 def _largest_first(points: list[dict[str, Any]], model_size: Callable[[dict[str, Any]], int | None]) -> list[dict[str, Any]]:

@@ -224,6 +224,12 @@ def pbt_can_mutate(config: ExperimentConfig) -> list[str]:
             f"{structural} constants (pbt mutates optimizer, loss and batch-size parameters)")
     if not searched:
         problems.append("space: pbt needs at least one searched parameter to mutate")
+    conditional = sorted(sp.conditions(config.space))
+    if conditional:
+        problems.append(
+            f"space: pbt mutates every searched parameter of a trial, so it would set the conditional "
+            f"parameters {conditional} where they are inactive (and switch what they depend on under a running "
+            f"trial); remove their `when`, or use scheduler: asha")
     interval, every = config.scheduler.options.get("perturbation_interval", 1), config.checkpoint.every
     if interval % every:
         problems.append(
@@ -255,7 +261,12 @@ def points_fit_the_searcher(config: ExperimentConfig) -> list[str]:
                 problems.append(f"search.points_to_evaluate: {search.algorithm} needs every searched parameter in each "
                                 f"point ({', '.join(sorted(searched))}); point(s) {partial} leave some out (search: "
                                 f"random fills them in)")
-    if search.warm_start is not None and search.multi_objective:
+    conditional = sorted(sp.conditions(config.space))
+    if conditional and search.algorithm == "optuna" and (search.points_to_evaluate or search.warm_start):
+        problems.append(f"search: points_to_evaluate and warm_start are not available with conditional parameters "
+                        f"({conditional} have `when`) under search: optuna; remove them, or use search: random "
+                        f"with points_to_evaluate")
+    elif search.warm_start is not None and search.multi_objective:
         problems.append("search.warm_start: starts a searcher from earlier scores of one metric; with several "
                         "objectives, give the earlier Pareto front's configurations as search.points_to_evaluate")
     elif search.warm_start is not None and search.algorithm not in LEARNING_SEARCHERS:
