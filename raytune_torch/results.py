@@ -42,6 +42,8 @@ def _status(rows: list[dict], error: str | None, max_epochs: int, run_stop: dict
         return "error"
     stopped_by_run = run_stop is not None and trial_id in run_stop.get("stopped_trials", ())
     if not rows:
+        if stopped_by_run and trial_id not in run_stop.get("waiting_trials", ()):
+            return RUN_RULE_STATUS[run_stop["rule"]]  # started, stopped before its first report
         return "not_started" if stopped_by_run else "no_result"
     last = rows[-1]
     if last.get("diverged"):
@@ -253,7 +255,7 @@ def write_results(run_dir: str, config: Any, data: Any, grid: Any, local_dir: st
     if multi:
         summary["pareto_front"] = front
     if run_stop is not None:
-        summary["stopped_by"] = {k: v for k, v in run_stop.items() if k != "stopped_trials"}
+        summary["stopped_by"] = {k: v for k, v in run_stop.items() if k not in ("stopped_trials", "waiting_trials")}
     if best is not None:
         summary.update({"trial_id": best["trial_id"], "epoch": best["epoch"], "status": best["status"],
                         "value": best["value"], "params": best["params"], "metrics": best["metrics"],

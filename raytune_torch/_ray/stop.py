@@ -52,9 +52,11 @@ class RunRules(Stopper, tune.Callback):
     def _fire(self, record: dict[str, Any], except_trial: str | None = None) -> None:
         global _last_record
         record["after_s"] = round(self._elapsed(), 3)
-        # Tune stops every trial that is neither finished nor errored when stop_all() turns true.
-        record["stopped_trials"] = [t.trial_id for t in self._trials or []
-                                    if t.status not in ("TERMINATED", "ERROR") and t.trial_id != except_trial]
+        # Tune stops every trial that is neither finished nor errored when stop_all() turns true;
+        # those still waiting for resources never started.
+        stopped = [t for t in self._trials or [] if t.status not in ("TERMINATED", "ERROR") and t.trial_id != except_trial]
+        record["stopped_trials"] = [t.trial_id for t in stopped]
+        record["waiting_trials"] = [t.trial_id for t in stopped if t.status == "PENDING"]
         self.record = _last_record = record
 
     # -- Stopper ------------------------------------------------------------------------------
