@@ -169,6 +169,13 @@ def test_bohb_runs_with_its_hyperband_scheduler(experiment):
                       scheduler={"name": "hyperband", "reduction_factor": 2})
     experiment["train"]["max_epochs"] = 2
     config = load_config(experiment)
+    try:
+        TuneBOHB.convert_search_space(_ray.param_space(config.space, "bohb"))
+    except TypeError:  # an older Ray with ConfigSpace >= 1.0: refused before anything starts, with the fix
+        with pytest.raises(rt.ConfigError, match=r"search: bohb: Ray .*'s TuneBOHB cannot build this space with "
+                                              r"ConfigSpace .*; pip install 'ConfigSpace<1' for this Ray"):
+            rt.run(experiment, quiet=True)
+        return
     assert isinstance(_ray.build_search(config).search_alg, TuneBOHB)
     assert type(_ray.build_scheduler(config)).__name__ == "HyperBandForBOHB"
     result = rt.run(experiment, quiet=True)

@@ -290,11 +290,19 @@ def bohb_searcher(config: Any) -> Any:
     """Ray's TuneBOHB (hpbandster's BOHB config generator), seeded with the experiment's seed; it
     runs with :func:`build_scheduler`'s HyperBandForBOHB."""
     try:
-        import ConfigSpace  # noqa: F401
+        import ConfigSpace
         import hpbandster  # noqa: F401
         from ray.tune.search.bohb import TuneBOHB
     except ImportError:
         raise ConfigError(["search: bohb needs hpbandster and ConfigSpace; pip install 'raytune-torch[bohb]'"]) from None
+    try:  # older Rays' TuneBOHB passes ConfigSpace arguments that ConfigSpace 1.0 removed
+        TuneBOHB.convert_search_space(param_space(config.space, "bohb"))
+    except TypeError as exc:
+        import ray
+
+        raise ConfigError([f"search: bohb: Ray {ray.__version__}'s TuneBOHB cannot build this space with ConfigSpace "
+                           f"{ConfigSpace.__version__} ({exc}); pip install 'ConfigSpace<1' for this Ray, or use "
+                           f"Ray 2.60"]) from None
     return TuneBOHB(seed=config.seed)
 
 
