@@ -200,3 +200,21 @@ print(json.dumps({"user": user._default_options.get("runtime_env"), "ours": ours
 """)
     assert out["user"]["env_vars"]["PL_DISABLE_FORK"] == "1"
     assert out["ours"] is None
+
+
+def test_a_genetic_sampler_gets_a_lock_that_pickles_and_nothing_else_changes():
+    import pickle
+
+    import optuna
+
+    from raytune_torch._ray.internals import picklable_sampler
+
+    sampler = optuna.samplers.NSGAIISampler(seed=0)
+    with pytest.raises(TypeError):
+        pickle.dumps(sampler)  # stock: the lock does not pickle
+    assert picklable_sampler(sampler) is True
+    again = pickle.loads(pickle.dumps(sampler))
+    with again._thread_lock:  # a working lock after the round trip
+        pass
+    assert picklable_sampler(optuna.samplers.TPESampler(seed=0)) is False  # no such lock: left as it is
+    assert optuna.samplers.NSGAIISampler(seed=0)._thread_lock.__class__.__name__ != "_PicklableLock"

@@ -1,4 +1,4 @@
-"""Every use of Ray's private internals, in one guarded module.
+"""Every use of Ray's private internals (and the one of Optuna's), in one guarded module.
 
 Each use is a :class:`Tweak`: it names the Ray versions it was verified on and the private
 attributes it touches, and before it applies it checks both. When either differs it logs one line
@@ -299,6 +299,58 @@ class CheckpointFromResult(Tweak):
                                                 trial=trial)
 
         self._set(tune_controller.TuneController, "_checkpoint_trial_if_needed", checkpoint_if_needed)
+
+
+# ------------------------------------------------------------------------------------------------
+# Optuna: a sampler Tune can pickle
+
+#: Optuna versions on which NSGA-II's ``_thread_lock`` was verified (inclusive, exclusive)
+OPTUNA_LOCK_VERIFIED = ((4, 0), (6, 0))
+
+
+class _PicklableLock:
+    """A ``threading.Lock`` that survives pickling (as a new, unlocked lock): Tune pickles the
+    searcher, and with it the sampler, when the Tuner is built and at each experiment checkpoint."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> bool:
+        return self._lock.__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        self._lock.__exit__(*exc)
+
+    def __getstate__(self) -> dict:
+        return {}
+
+    def __setstate__(self, state: dict) -> None:
+        import threading
+
+        self._lock = threading.Lock()
+
+
+def picklable_sampler(sampler: Any) -> bool:
+    """Give one Optuna sampler object (NSGA-II's and the other genetic samplers) a lock that
+    pickles, in place of its private ``_thread_lock``, which Tune cannot pickle with the searcher
+    (for correctness: without it such a sampler cannot run under Tune). Only that object changes,
+    so there is nothing to undo. Returns False, with one log line, where the attribute is missing
+    or Optuna's version is outside :data:`OPTUNA_LOCK_VERIFIED` (the sampler is left as it is)."""
+    import optuna
+
+    version = parse(optuna.__version__)
+    low, high = OPTUNA_LOCK_VERIFIED
+    lock = getattr(sampler, "_thread_lock", _MISSING)
+    if lock is _MISSING:
+        return False
+    if not low <= version < high:
+        log.info("raytune_torch: Optuna %s is outside the versions its sampler lock was checked on; left as it is",
+                 optuna.__version__)
+        return False
+    sampler._thread_lock = _PicklableLock()
+    return True
 
 
 # ------------------------------------------------------------------------------------------------

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import threading
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ from ray import tune
 
 from .. import space as sp
 from ..exceptions import ConfigError
+from .internals import picklable_sampler
 
 
 def _domain(param: sp.Param) -> Any:
@@ -160,8 +160,7 @@ def optuna_sampler(config: Any, seed: int | None = None) -> tuple[Any, str | Non
         sampler = samplers.TPESampler(seed=seed)
     elif name == "nsga2":
         sampler = samplers.NSGAIISampler(seed=seed)
-        if hasattr(sampler, "_thread_lock"):  # Optuna's genetic samplers hold a lock Tune cannot pickle
-            sampler._thread_lock = _PicklableLock()
+        picklable_sampler(sampler)  # Optuna's genetic samplers hold a lock Tune cannot pickle
         size = 50  # Optuna's default population_size
         if config.search.num_samples <= size:
             note = (f"nsga2 breeds generations of {size} trials: the first {size} are drawn at random, so "
@@ -184,26 +183,6 @@ def optuna_sampler(config: Any, seed: int | None = None) -> tuple[Any, str | Non
     else:
         raise ConfigError([f"search.sampler: unknown sampler {name!r}"])
     return sampler, note
-
-
-class _PicklableLock:
-    """A ``threading.Lock`` that survives pickling (as a new, unlocked lock): Tune pickles the
-    searcher, and with it the sampler, when the Tuner is built and at each experiment checkpoint."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-
-    def __enter__(self) -> bool:
-        return self._lock.__enter__()
-
-    def __exit__(self, *exc: Any) -> None:
-        self._lock.__exit__(*exc)
-
-    def __getstate__(self) -> dict:
-        return {}
-
-    def __setstate__(self, state: dict) -> None:
-        self._lock = threading.Lock()
 
 
 def optuna_searcher(config: Any, sampler: Any, *, points: list[dict] | None = None,
