@@ -176,3 +176,20 @@ def test_stop_all_at_ends_the_run_when_one_trial_reaches_it(experiment):
     rows = result.table
     assert rows["epoch"].max() < 10 and rows["val_accuracy"].iloc[-1] >= 0.5
     assert stopped_by["trial_id"] == rows["trial_id"].iloc[0]
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_session")
+def test_a_trials_own_rules_reach_the_results_table(experiment):
+    # lr 0.03 reaches 50% in its first epoch; lr 1e-5 stays far below it until its time runs out.
+    experiment["space"] = {"optimizer__lr": {"type": "grid", "values": [0.03, 1.0e-5]}}
+    experiment["train"].update(max_epochs=20, step="tests.helpers_steps:slow_step", time_limit_s=0.5)
+    experiment["stop"] = {"val_accuracy": 0.5}
+    result = rt.run(experiment, quiet=True)
+    best = json.loads(open(f"{result.run_dir}/best.json").read())
+    assert best["status_counts"] == {"target_reached": 1, "time_limit": 1}
+    table = result.table
+    last = table.sort_values("epoch").groupby("config/optimizer__lr").tail(1).set_index("config/optimizer__lr")
+    assert last.loc[0.03, "stop_rule"] == "target" and last.loc[0.03, "val_accuracy"] >= 0.5
+    assert last.loc[1.0e-5, "stop_rule"] == "time_limit" and last.loc[1.0e-5, "epoch"] < 20

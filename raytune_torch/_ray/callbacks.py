@@ -186,7 +186,8 @@ def _history_epochs(path: str) -> set:
     return epochs
 
 
-_EXTRA_KEYS = ("lr", "epoch_time_s", "samples_per_s", "n_params", "trial_seed", "diverged", "early_stopped", "device", "node_id")
+_EXTRA_KEYS = ("lr", "epoch_time_s", "samples_per_s", "n_params", "trial_seed", "diverged", "early_stopped", "stop_rule",
+               "device", "node_id", "gpu_peak_mib")
 
 
 class ConsoleCallback(tune.Callback):
