@@ -351,7 +351,8 @@ def extend(run_dir: str | os.PathLike, num_samples: int, *, address: str | None 
     if not st.exists(st.join(run_dir, "experiment.yaml")):
         raise ResultsError(f"{shown!r} is not a raytune_torch run (no experiment.yaml); give STORAGE/NAME of a "
                            f"finished run")
-    config = _config(_local_dir(run_dir, fresh=False) + "/experiment.yaml")
+    local_dir = _local_dir(run_dir, fresh=False)  # for a URI run, its files downloaded once
+    config = _config(os.path.join(local_dir, "experiment.yaml"))
     if config.search.algorithm == "grid":
         raise ConfigError([f"search.algorithm: the grid run in {shown!r} already ran every point of its grid, so "
                            f"there is nothing to add; to search further, run the experiment with search: random or "
@@ -370,7 +371,6 @@ def extend(run_dir: str | os.PathLike, num_samples: int, *, address: str | None 
         config = replace(config, storage=os.path.dirname(run_dir.rstrip("/")), name=os.path.basename(run_dir.rstrip("/")))
     plan = _ray.build_search(config, known=known, seed=config.seed + n_earlier)
     check_trackers(config)
-    local_dir = _local_dir(run_dir, fresh=False)
     with _on_ray(config, address, token_file, None) as (shared, data):
         _echo(f"raytune-torch: adding {num_samples} trial(s) to {config.name} ({n_earlier} earlier) in {shown}", quiet)
         if plan.note:

@@ -7,7 +7,6 @@ python research/ddp_numerics.py --dropout  # with dropout + resume-exactness che
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import socket
 import tempfile

@@ -1,7 +1,7 @@
 """Issue #24 research: a Tune function trainable per trial that launches a Ray Train TorchTrainer
 (DDP over gloo), relays its reports to Tune, checkpoints from rank 0, and resumes.
 
-Run from /work/wt-ddp:  PYTHONPATH=$PWD python research/tune_ddp.py [options]
+Run from the repository root:  PYTHONPATH=$PWD python docs/notes/ddp/tune_ddp.py [options]
   --relay own      our UserCallback + a queue: metrics AND checkpoint become Tune's (default)
   --relay tunecb   Ray's documented ray.tune.integration.ray_train.TuneReportCallback (metrics only)
   --driver-cpu X   the Tune trial's own resources (the Train driver): 0, 0.01, 1 ...
@@ -12,11 +12,9 @@ Run from /work/wt-ddp:  PYTHONPATH=$PWD python research/tune_ddp.py [options]
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -30,7 +28,8 @@ from ray import tune
 from ray.train.torch import TorchConfig, TorchTrainer
 from torch import nn
 
-ROOT = "/tmp/rtt-ddp-research"
+# Everything the script writes goes under the system temporary directory.
+ROOT = os.path.join(tempfile.gettempdir(), "rtt-ddp-research")
 
 
 def load():
