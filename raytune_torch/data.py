@@ -287,22 +287,39 @@ def as_tensors(*arrays: np.ndarray | None):
     return out
 
 
-def iterate_batches(X, y, batch_size: int, *, shuffle: bool, generator=None) -> Iterator[tuple]:
+def iterate_batches(X, y, batch_size: int, *, shuffle: bool, generator=None, group=None, share=None) -> Iterator[tuple]:
     """Mini-batches of tensors ``X``/``y``; a seeded permutation when ``shuffle``.
 
     Indexing whole tensors is several times faster than a ``DataLoader`` over a
     ``TensorDataset`` for small in-memory data (no per-row collation).
+
+    With a ``group`` (:class:`~raytune_torch.distributed.Group`), this rank's rows of each global
+    batch (every Nth, see :mod:`raytune_torch.distributed`); ``share`` is set batch by batch.
     """
     import torch
 
     n = len(X)
-    if shuffle:
-        order = torch.randperm(n, generator=generator)
-        if order.device != X.device:
-            order = order.to(X.device)  # X cached on a GPU: index it there
-        for start in range(0, n, batch_size):
-            idx = order[start:start + batch_size]
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    if order.device != X.device:
+        order = order.to(X.device)  # X cached on a GPU: index it there
+    for start in range(0, n, batch_size):
+        idx = shard_rows(order[start:start + batch_size], group, share)
+        if idx is None:
+            continue
+        if not shuffle and group is None:
+            yield X[start:start + batch_size], y[start:start + batch_size]  # views, no copy
+        else:
             yield X[idx], y[idx]
-    else:
-        for start in range(0, n, batch_size):
-            yield X[start:start + batch_size], y[start:start + batch_size]
+
+
+def shard_rows(idx, group, share=None):
+    """This rank's rows of one global batch ``idx`` (all of them without a group), or None when the
+    batch has fewer rows than workers; sets ``share`` to this rank's part of the batch."""
+    if group is None:
+        return idx
+    if len(idx) < group.world:
+        return None
+    mine = idx[group.rank::group.world]
+    if share is not None:
+        share.weight = len(mine) / len(idx)
+    return mine

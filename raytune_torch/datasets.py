@@ -194,18 +194,38 @@ class DatasetSource:
         return self._built
 
     def batches(self, split: str, batch_size: int, device: torch.device, *,
-                generator: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """One pass over ``split``: shuffled with ``generator`` for train (map-style), in order otherwise."""
+                generator: torch.Generator | None = None, group: Any = None,
+                share: Any = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One pass over ``split``: shuffled with ``generator`` for train (map-style), in order otherwise.
+
+        With a ``group`` (several workers per trial), this rank's rows of each global batch of
+        ``batch_size``: a map-style dataset loads only those (:class:`~raytune_torch.distributed.ShardedBatchSampler`),
+        an iterable one is read whole and sliced; ``share`` follows the batches."""
+        from .distributed import ShardedBatchSampler, shard, weighted
+
         train = split == "train"
         key = (split, batch_size, str(device))
         loader = self._loaders.get(key)  # kept: persistent_workers live as long as their loader
+        dataset = self.datasets()[split]
+        sharded = group is not None and not isinstance(dataset, IterableDataset)
         if loader is None:
-            loader = make_loader(self.datasets()[split], self.loader, batch_size=batch_size, shuffle=train,
-                                 generator=generator if train else None, device=device, train=train)
+            sampler = None
+            if sharded:
+                sampler = ShardedBatchSampler(len(dataset), batch_size, group, shuffle=train,
+                                              generator=generator if train else None,
+                                              drop_last=bool(self.loader.drop_last and train))
+            loader = make_loader(dataset, self.loader, batch_size=batch_size, shuffle=train,
+                                 generator=generator if train else None, device=device, train=train,
+                                 batch_sampler=sampler)
             self._loaders[key] = loader
         if not train:
             loader.generator = torch.Generator().manual_seed(0)  # its seed draws leave the trial's generator alone
-        return (fix_batch(xb, yb, self.task) for xb, yb in loader)
+        fixed = (fix_batch(xb, yb, self.task) for xb, yb in loader)
+        if group is None:
+            return fixed
+        if sharded:
+            return weighted(fixed, loader.batch_sampler.global_sizes(), share) if share is not None else fixed
+        return shard(fixed, group, share)
 
     def preflight_batch(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The first training batch, read item by item in this process: what is wrong with an item
@@ -285,7 +305,8 @@ def fix_batch(xb: Any, yb: Any, task: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def make_loader(dataset: Dataset, options: Any, *, batch_size: int, shuffle: bool,
-                generator: torch.Generator | None, device: torch.device, train: bool = True) -> DataLoader:
+                generator: torch.Generator | None, device: torch.device, train: bool = True,
+                batch_sampler: Any = None) -> DataLoader:
     """The DataLoader for one split, with ``data.loader`` options.
 
     A map-style training split is shuffled by a sampler drawing from ``generator`` (the trial's
@@ -303,6 +324,10 @@ def make_loader(dataset: Dataset, options: Any, *, batch_size: int, shuffle: boo
         kwargs["persistent_workers"] = options.persistent_workers
         if options.prefetch_factor is not None:
             kwargs["prefetch_factor"] = options.prefetch_factor
+    if batch_sampler is not None:  # several workers: the sampler batches, shuffles and drops
+        for key in ("batch_size", "drop_last"):
+            kwargs.pop(key)
+        return DataLoader(dataset, batch_sampler=batch_sampler, **kwargs)
     return DataLoader(dataset, shuffle=shuffle and not isinstance(dataset, IterableDataset), **kwargs)
 
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .data import iterate_batches
+from .data import iterate_batches, shard_rows
 
 __all__ = ["CACHE_SHARE", "CachePlan", "plan_cache", "trial_gpu_memory",
            "tensor_bytes", "place", "device_batches", "gathered", "pinned"]
@@ -113,33 +113,38 @@ def pinned(batches: Iterator[tuple[torch.Tensor, torch.Tensor]], device: torch.d
 
 def device_batches(X: torch.Tensor, y: torch.Tensor, batch_size: int, device: torch.device, *,
                    shuffle: bool, generator: torch.Generator | None = None,
-                   pin: bool | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                   pin: bool | None = None, group=None, share=None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Mini-batches of ``X``/``y`` on ``device``, in :func:`~raytune_torch.data.iterate_batches`'
     order (a permutation drawn from ``generator`` when ``shuffle``).
 
     Tensors already on ``device`` (cached, or the CPU) are indexed there. Host tensors bound for a
     GPU are gathered straight into pinned buffers (``pin``: default, when ``device`` is CUDA) and
     copied ``non_blocking``; torch's pinned-memory cache reuses a buffer once its copy is done.
+
+    With a ``group``, only this rank's rows of each global batch (see :func:`~raytune_torch.data.shard_rows`).
     """
     if X.device == device:
-        yield from iterate_batches(X, y, batch_size, shuffle=shuffle, generator=generator)
+        yield from iterate_batches(X, y, batch_size, shuffle=shuffle, generator=generator, group=group, share=share)
         return
     pin = device.type == "cuda" if pin is None else pin
-    for xb, yb in gathered(X, y, batch_size, shuffle=shuffle, generator=generator, pin=pin):
+    for xb, yb in gathered(X, y, batch_size, shuffle=shuffle, generator=generator, pin=pin, group=group, share=share):
         yield xb.to(device, non_blocking=pin), yb.to(device, non_blocking=pin)
 
 
 def gathered(X: torch.Tensor, y: torch.Tensor, batch_size: int, *, shuffle: bool,
-             generator: torch.Generator | None = None, pin: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+             generator: torch.Generator | None = None, pin: bool = False, group=None,
+             share=None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Host mini-batches gathered into fresh buffers (page-locked when ``pin``), in
     :func:`~raytune_torch.data.iterate_batches`' order."""
     n = len(X)
     order = torch.randperm(n, generator=generator) if shuffle else None
     for start in range(0, n, batch_size):
         stop = min(start + batch_size, n)
-        rows = order[start:stop] if order is not None else torch.arange(start, stop)
+        rows = shard_rows(order[start:stop] if order is not None else torch.arange(start, stop), group, share)
+        if rows is None:
+            continue
         out = []
         for t in (X, y):
-            buffer = torch.empty((stop - start, *t.shape[1:]), dtype=t.dtype, pin_memory=pin)
+            buffer = torch.empty((len(rows), *t.shape[1:]), dtype=t.dtype, pin_memory=pin)
             out.append(torch.index_select(t, 0, rows, out=buffer))
         yield out[0], out[1]

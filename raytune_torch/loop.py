@@ -12,7 +12,7 @@ from torch import nn
 from .metrics import Metric, compute, resolve_metrics
 
 __all__ = ["AUTOCAST_DTYPES", "CHECK_EVERY", "StepContext", "autocast", "make_scaler", "default_step", "train_epoch",
-           "predict", "evaluate", "compute_metrics"]
+           "predict", "evaluate", "evaluate_parts", "compute_metrics"]
 
 # The autocast dtype of each train.precision (None: no autocast, float32 throughout).
 AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {"32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -121,13 +121,11 @@ def compute_metrics(task: str, outputs: torch.Tensor, targets: torch.Tensor,
     return compute(resolved, targets.cpu().numpy(), outputs.cpu().numpy())
 
 
-def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], loss_fn: nn.Module,
-             device: torch.device, task: str, metrics: Sequence[str | Metric], *,
-             precision: str = "32") -> dict[str, float]:
-    """Loss (sample mean) and ``metrics`` over ``batches``: ``{"loss": ..., "accuracy": ...}``.
-
-    The loss is summed on the device and the outputs are kept there; both are read back once.
-    """
+def evaluate_parts(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], loss_fn: nn.Module,
+                   device: torch.device, *, keep_outputs: bool, precision: str = "32") -> tuple[float, int, Any, Any]:
+    """What :func:`evaluate` reduces: (summed loss, rows, outputs, targets) over ``batches``, the
+    outputs (float32) and targets on the CPU when ``keep_outputs``, else None. Several workers
+    gather these from each rank's shard before the metrics are computed."""
     model.eval()
     outs, ys = [], []
     running, count = _running_sum(device), 0
@@ -140,10 +138,24 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tenso
                 loss = loss_fn(o, yb)
             running.add_(loss, alpha=len(xb))
             count += len(xb)
-            if metrics:
+            if keep_outputs:
                 outs.append(o.float())
                 ys.append(yb)
-    result = {"loss": float(running) / max(count, 1)}
-    if outs:
-        result.update(compute_metrics(task, torch.cat(outs), torch.cat(ys), metrics))
+    if not outs:
+        return float(running), count, None, None
+    return float(running), count, torch.cat(outs).cpu(), torch.cat(ys).cpu()
+
+
+def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], loss_fn: nn.Module,
+             device: torch.device, task: str, metrics: Sequence[str | Metric], *,
+             precision: str = "32") -> dict[str, float]:
+    """Loss (sample mean) and ``metrics`` over ``batches``: ``{"loss": ..., "accuracy": ...}``.
+
+    The loss is summed on the device and the outputs are kept there; both are read back once.
+    """
+    total, count, outs, ys = evaluate_parts(model, batches, loss_fn, device, keep_outputs=bool(metrics),
+                                            precision=precision)
+    result = {"loss": total / max(count, 1)}
+    if outs is not None:
+        result.update(compute_metrics(task, outs, ys, metrics))
     return result

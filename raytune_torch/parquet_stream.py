@@ -178,13 +178,21 @@ class ParquetStream:
         return X, y
 
     def batches(self, split: str, batch_size: int, device: torch.device | None = None, *,
-                generator: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                generator: torch.Generator | None = None, group: Any = None,
+                share: Any = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """One pass over ``split``: the training split shuffled by row group and in the buffer
-        (with ``generator``), the others in order."""
+        (with ``generator``), the others in order. With a ``group`` (several workers per trial),
+        every rank reads the same batches and keeps its rows of each (``share`` follows them)."""
         pieces = self.pieces[split]
         if split != "train" or generator is None:
-            return _rebatch((a for p in pieces for a in self._record_batches(p)), batch_size)
-        return self._shuffled(pieces, batch_size, generator)
+            out = _rebatch((a for p in pieces for a in self._record_batches(p)), batch_size)
+        else:
+            out = self._shuffled(pieces, batch_size, generator)
+        if group is None:
+            return out
+        from .distributed import shard
+
+        return shard(out, group, share)
 
     def _shuffled(self, pieces: list[Piece], batch_size: int,
                   generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

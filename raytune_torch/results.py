@@ -26,7 +26,8 @@ from .space import active_params
 __all__ = ["TuneResult", "write_results", "write_trial_table", "pareto_front", "METRIC_COLUMNS"]
 
 METRIC_COLUMNS = ("epoch", "train_loss", "val_loss", "lr", "epoch_time_s", "samples_per_s", "n_params", "trial_seed",
-                  "diverged", "early_stopped", "stop_rule", "device", "node_id", "gpu_peak_mib")
+                  "diverged", "early_stopped", "stop_rule", "device", "node_id", "gpu_peak_mib", "workers",
+                  "worker_nodes")
 
 #: the status of a trial the run's own rule stopped (``search.time_budget_s``, ``stop_all_at``)
 RUN_RULE_STATUS = {"time_budget_s": "time_budget", "stop_all_at": "stopped_all"}

@@ -12,6 +12,14 @@ Bring your own code at two depths:
   :class:`Trial`. Iterate ``trial.epochs()``, train as you like on ``trial.train_batches()``,
   and call ``trial.end_epoch(train_loss)`` once per epoch: it evaluates, reports, checkpoints,
   and returns True when early stopping says to stop.
+
+With ``resources.workers`` > 1 the trial runs in every worker of a group (``trial.group``: rank and
+world size): ``trial.train_batches()`` gives each rank its rows of each global batch,
+``trial.step_ctx.model`` is the model wrapped in DistributedDataParallel (``trial.model`` is the
+bare module, what checkpoints hold), and ``trial.end_epoch`` reduces the loss and gathers the
+validation outputs of every rank before it reports. A custom loop that trains through those three
+declares it with ``loop.distributed = True``; one that does not is refused (it would train N
+independent copies). See :mod:`raytune_torch.distributed`.
 """
 
 from __future__ import annotations
@@ -36,7 +44,8 @@ from . import components as comp
 from .config.stop import reached, target_modes
 from .data import Splits, as_tensors
 from .device_data import CachePlan, device_batches, pinned, place, plan_cache, tensor_bytes, trial_gpu_memory
-from .loop import StepContext, default_step, evaluate, make_scaler, train_epoch
+from .distributed import BatchShare, Group, check_ddp_model, gather, rank_seed, wrap
+from .loop import CHECK_EVERY, StepContext, compute_metrics, default_step, evaluate_parts, make_scaler, train_epoch
 from .metrics import resolve_metrics
 from .space import active_params
 
@@ -67,10 +76,14 @@ def derive_seed(seed: int, trial_index: int, params: dict[str, Any]) -> int:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little") & 0x7FFFFFFF
 
 
-def seed_everything(seed: int) -> torch.Generator:
+def _seed_globals(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    _seed_globals(seed)
     return torch.Generator().manual_seed(seed)
 
 
@@ -126,8 +139,10 @@ class Trial:
     """The running trial, as a custom ``train.loop`` sees it."""
 
     def __init__(self, config: Any, params: dict[str, Any], data: Any, reporter: Reporter, *,
-                 cpus: float = 1.0, gpu_share: float = 0.0) -> None:
+                 cpus: float = 1.0, gpu_share: float = 0.0, group: Group | None = None) -> None:
         self.config = config
+        #: this worker's rank and the group's size when several workers train the trial, else None
+        self.group = group if group is not None and group.world > 1 else None
         # A conditional parameter that is inactive for these values never reaches a component; a
         # searcher may propose NumPy scalars (BOHB's ConfigSpace does): the checkpoint loads only plain values.
         self.params = {k: v.item() if isinstance(v, np.generic) else v for k, v in active_params(config.space, params).items()}
@@ -142,6 +157,16 @@ class Trial:
         self.shuffle = seed_everything(self.seed)
         self.model, self.optimizer, self.loss_fn, self.lr_scheduler = build_components(
             config, self.params, data.n_features, data.n_outputs, self.device)
+        if self.group is not None and self.group.rank > 0:
+            # The model was built alike on every rank (DDP broadcasts rank 0's anyway); from here on
+            # each rank has random streams of its own (dropout, augmentation). The shuffle generator
+            # stays replicated: every rank draws the same permutation.
+            _seed_globals(rank_seed(self.seed, self.group.rank))
+        self._share = BatchShare(self.group.world) if self.group is not None else None
+        #: the running loss sum is checked for NaN every this many batches (never across a group:
+        #: a rank that stopped early would leave the others waiting for its gradients)
+        self.check_every = CHECK_EVERY if self.group is None else 2**62
+        self._rows = 0  # training rows this rank handed out in the current epoch
         #: the model's parameter count, reported every epoch (model size as a search objective)
         self.n_params = int(sum(p.numel() for p in self.model.parameters()))
         if self.device.type == "cuda":
@@ -188,6 +213,8 @@ class Trial:
         self.history: list[dict[str, Any]] = []  # every epoch's reported metrics
         self._epoch_start = time.perf_counter()
         self._restore()
+        if self.group is not None:  # after the restore: every rank holds the checkpoint's weights
+            self.step_ctx.model = wrap(self.model, self.device, self._share)
 
     # -- state ------------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -200,7 +227,7 @@ class Trial:
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
             "early_stopping": {"best": self.best, "bad_epochs": self.bad_epochs, "stopped": self.stopped_early},
             "stop": {"rule": self.stop_rule, "time_s": self.time_s},
-            "rng": ckpt.capture_rng(self.shuffle),
+            "rng": self._rng_states(),
             "params": self.params,
             "trial_seed": self.seed,
             "history": self.history,
@@ -226,7 +253,7 @@ class Trial:
         stop = state.get("stop") or {}  # checkpoints written before stop rules existed have none
         self.stop_rule, self.time_s = str(stop.get("rule", "")), float(stop.get("time_s", 0.0))
         self.history = list(state["history"])
-        ckpt.restore_rng(state["rng"], self.shuffle)
+        ckpt.restore_rng(self._own_rng(state["rng"], str(directory)), self.shuffle)
         # Restored from a checkpoint newer than the one the reporter was handed (its records lag):
         # report the epochs it has not seen again, so no epoch is missing from the results.
         replay_after = self.reporter.replay_after
@@ -234,6 +261,26 @@ class Trial:
             for row in self.history:
                 if row["epoch"] > replay_after:
                     self.reporter.report(dict(row), None)
+
+    def _rng_states(self) -> Any:
+        """The RNG states to checkpoint: this process's, or every rank's in rank order (a collective
+        call: every rank of a group calls it)."""
+        mine = ckpt.capture_rng(self.shuffle)
+        return mine if self.group is None else gather(mine, self.group)
+
+    def _own_rng(self, saved: Any, where: str) -> dict[str, Any]:
+        """This rank's RNG states from a checkpoint's (one dict, or one per rank)."""
+        if isinstance(saved, dict):
+            if self.group is None or self.group.rank == 0:
+                return saved
+            return ckpt.capture_rng(self.shuffle) | {"shuffle": saved.get("shuffle")}  # its own streams, shared order
+        world = self.group.world if self.group is not None else 1
+        if len(saved) != world:
+            from .exceptions import CheckpointError
+
+            raise CheckpointError(f"the checkpoint {where} was written by a trial of {len(saved)} workers, but this "
+                                  f"trial has {world}; resume it with resources.workers: {len(saved)}")
+        return saved[self.group.rank if self.group is not None else 0]
 
     def _apply_optimizer_params(self) -> None:
         settings = comp.params_for("optimizer", self.params)
@@ -252,33 +299,62 @@ class Trial:
             yield self.epoch + 1
 
     def train_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """This epoch's training batches on the trial's device, shuffled with the trial's generator."""
+        """This epoch's training batches on the trial's device, shuffled with the trial's generator
+        (in a group: this rank's rows of each global batch)."""
         if self._source is not None:
             return self._counted(pinned(
-                self._source.batches("train", self.batch_size, self.device, generator=self.shuffle), self.device,
-                pin=self.config.data.loader.pin_memory))
+                self._source.batches("train", self.batch_size, self.device, generator=self.shuffle, group=self.group,
+                                     share=self._share), self.device,
+                pin=self.config.data.loader.pin_memory), whole_pass=True)
         X, y = self._train
-        return device_batches(X, y, self.batch_size, self.device, shuffle=True, generator=self.shuffle)
+        return self._counted(device_batches(X, y, self.batch_size, self.device, shuffle=True, generator=self.shuffle,
+                                            group=self.group, share=self._share))
 
     def val_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """The validation batches on the trial's device, in order."""
+        """The validation batches on the trial's device, in order (in a group: this rank's shard)."""
         if self._source is not None:
             return pinned(self._source.batches("val", max(self.batch_size, self._source.eval_batch_size),
-                                               self.device), self.device, pin=self.config.data.loader.pin_memory)
+                                               self.device, group=self.group), self.device,
+                          pin=self.config.data.loader.pin_memory)
         X, y = self._val
-        return device_batches(X, y, max(self.batch_size, 1024), self.device, shuffle=False)
+        return device_batches(X, y, max(self.batch_size, 1024), self.device, shuffle=False, group=self.group)
 
-    def _counted(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """The batches, counting their rows: a whole pass sets ``n_train`` (samples_per_s)."""
-        rows = 0
+    def _counted(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], *,
+                 whole_pass: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The batches, counting this rank's rows; with ``whole_pass`` a whole pass sets ``n_train``
+        (samples_per_s of a source whose size is only known once read)."""
+        self._rows = 0
         for xb, yb in batches:
-            rows += len(xb)
+            self._rows += len(xb)
             yield xb, yb
-        self.n_train = rows
+        if whole_pass and self.group is None:
+            self.n_train = self._rows
 
     def evaluate(self) -> dict[str, float]:
-        return evaluate(self.model, self.val_batches(), self.loss_fn, self.device, self.task, self.metrics,
-                        precision=self.precision)
+        """Validation loss and metrics (in a group: over every rank's shard, the same on every rank)."""
+        parts = evaluate_parts(self.model, self.val_batches(), self.loss_fn, self.device,
+                               keep_outputs=bool(self.metrics), precision=self.precision)
+        if self.group is not None:
+            every = gather(parts, self.group)
+            total, count = sum(p[0] for p in every), sum(p[1] for p in every)
+            outs = [p[2] for p in every if p[2] is not None]
+            ys = [p[3] for p in every if p[3] is not None]
+            parts = (total, count, torch.cat(outs) if outs else None, torch.cat(ys) if ys else None)
+        total, count, outs, ys = parts
+        result = {"loss": total / max(count, 1)}
+        if outs is not None:
+            result.update(compute_metrics(self.task, outs, ys, self.metrics))
+        return result
+
+    def _reduce_epoch(self, train_loss: float, elapsed: float) -> tuple[float, float]:
+        """In a group: the training loss over every rank's rows, the slowest rank's epoch time, and
+        the epoch's rows (``n_train``), the same on every rank."""
+        if self.group is None:
+            return train_loss, elapsed
+        every = gather((train_loss * self._rows, self._rows, elapsed), self.group)
+        rows = sum(e[1] for e in every)
+        self.n_train = rows
+        return sum(e[0] for e in every) / max(rows, 1), max(e[2] for e in every)
 
     def _improved(self, value: float) -> bool:
         if self.best is None:
@@ -290,6 +366,7 @@ class Trial:
     def end_epoch(self, train_loss: float) -> bool:
         """Evaluate, step the LR scheduler, report and checkpoint. Returns True to stop."""
         self.epoch += 1
+        train_loss, elapsed = self._reduce_epoch(float(train_loss), time.perf_counter() - self._epoch_start)
         diverged = not math.isfinite(train_loss)
         val = self.evaluate() if not diverged else {"loss": float("nan")}
         if not diverged and not math.isfinite(val["loss"]):
@@ -308,12 +385,12 @@ class Trial:
                 self.lr_scheduler.step(metrics["val_loss"])
             else:
                 self.lr_scheduler.step()
-        elapsed = time.perf_counter() - self._epoch_start
         metrics["epoch_time_s"] = elapsed
         metrics["samples_per_s"] = self.n_train / elapsed if elapsed > 0 else float("nan")
         metrics["n_params"] = self.n_params
         metrics["trial_seed"] = self.seed
         metrics["device"] = str(self.device)
+        metrics["workers"] = self.group.world if self.group is not None else 1
         if self.device.type == "cuda":  # the process's peak since the trial began (its own allocations)
             metrics["gpu_peak_mib"] = torch.cuda.max_memory_allocated(self.device) / 2**20
         metrics["diverged"] = int(diverged)
@@ -345,10 +422,15 @@ class Trial:
         return stop
 
     def _report_checkpoint(self, metrics: dict[str, Any]) -> None:
-        """Save the full state to a temporary directory and report it with ``metrics``."""
+        """Save the full state to a temporary directory and report it with ``metrics``. In a group,
+        every rank's RNG states are gathered and rank 0 alone saves; the others report the metrics."""
+        state = self.state()  # collective in a group (the RNG states)
+        if self.group is not None and not self.group.leader:
+            self.reporter.report(metrics, None)
+            return
         directory = tempfile.mkdtemp(prefix="rtt-ckpt-")
         try:
-            ckpt.save_state(directory, self.state())
+            ckpt.save_state(directory, state)
             self.reporter.report(metrics, directory)
         finally:
             shutil.rmtree(directory, ignore_errors=True)
@@ -359,31 +441,56 @@ def default_loop(trial: Trial) -> None:
     if trial.config.train.step is not None:
         step = comp.resolve(trial.config.train.step, what="train.step", import_paths=trial.config.import_paths)
     for _ in trial.epochs():
-        loss = train_epoch(trial.step_ctx, trial.train_batches(), step)
+        loss = train_epoch(trial.step_ctx, trial.train_batches(), step, check_every=trial.check_every)
         if trial.end_epoch(loss):
             break
 
 
+def resolve_loop(config: Any, workers: int = 1) -> Callable[[Trial], Any]:
+    """The training loop: the default one, or ``train.loop``. With several workers a custom loop must
+    say it can run distributed (``loop.distributed = True``).
+
+    Raises:
+        PreflightError: a custom loop without ``distributed = True`` and ``workers`` > 1.
+    """
+    if config.train.loop is None:
+        return default_loop
+    loop = comp.resolve(config.train.loop, what="train.loop", import_paths=config.import_paths)
+    if workers > 1 and getattr(loop, "distributed", False) is not True:
+        from .exceptions import PreflightError
+
+        raise PreflightError(
+            f"train.loop {comp.describe(config.train.loop)} runs on each of the trial's {workers} workers "
+            f"(resources.workers), and a loop that does not know it would train {workers} separate copies of the "
+            f"model on every row: make it train trial.step_ctx.model (the DistributedDataParallel model) on "
+            f"trial.train_batches() (this rank's rows) and report through trial.end_epoch(loss) (it reduces across "
+            f"ranks), then mark it with `{config.train.loop.rsplit(':', 1)[-1]}.distributed = True`; or use "
+            f"resources.workers: 1")
+    return loop
+
+
 def run_trial(params: dict[str, Any], config: Any, data: Splits, reporter: Reporter, *,
-              cpus: float = 1.0, gpu_share: float = 0.0) -> Trial:
-    """Run one trial to its end (max epochs, early stop or divergence). Returns the finished Trial."""
+              cpus: float = 1.0, gpu_share: float = 0.0, group: Group | None = None) -> Trial:
+    """Run one trial to its end (max epochs, early stop or divergence). Returns the finished Trial.
+
+    ``group``: this worker's place when several workers train the trial together."""
     threads = max(1, int(cpus))
     torch.set_num_threads(threads)
-    trial = Trial(config, params, data, reporter, cpus=cpus, gpu_share=gpu_share)
+    loop = resolve_loop(config, group.world if group is not None else 1)
+    trial = Trial(config, params, data, reporter, cpus=cpus, gpu_share=gpu_share, group=group)
     # The trial states where it trains: here (the worker's log) and in every result (`device`).
-    print(f"raytune-torch trial {reporter.trial_id}: device {trial.device}, {threads} torch thread(s), "
+    rank = f" rank {group.rank}/{group.world}" if trial.group is not None else ""
+    print(f"raytune-torch trial {reporter.trial_id}{rank}: device {trial.device}, {threads} torch thread(s), "
           f"gpu share {gpu_share:g}, CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')!r}; "
           f"data: {trial.cache_plan.reason}", flush=True)
-    loop: Callable[[Trial], Any] = default_loop
-    if config.train.loop is not None:
-        loop = comp.resolve(config.train.loop, what="train.loop", import_paths=config.import_paths)
     loop(trial)
     return trial
 
 
 def experiment_trial(config: Any, params: dict[str, Any], data: Splits, reporter: Reporter) -> None:
     """One trial of an experiment, with the experiment's per-trial resources."""
-    run_trial(params, config, data, reporter, cpus=config.resources.cpu, gpu_share=config.resources.gpu)
+    run_trial(params, config, data, reporter, cpus=config.resources.cpu, gpu_share=config.resources.gpu,
+              group=getattr(reporter, "group", None))  # a worker of a trial of several has its place
 
 
 class _NullReporter:
@@ -397,6 +504,15 @@ class _NullReporter:
     @contextlib.contextmanager
     def checkpoint_dir(self):
         yield None
+
+
+def _check_ddp(trial: Trial, workers: int, model_name: str, *, stepped: bool) -> None:
+    from .exceptions import PreflightError
+
+    problem = check_ddp_model(trial.model, stepped=stepped)
+    if problem is not None:
+        raise PreflightError(f"resources.workers: {workers} trains the model {model_name} with "
+                             f"DistributedDataParallel, but {problem}")
 
 
 def preflight(config: Any, data: Any, params: dict[str, Any]) -> None:
@@ -419,12 +535,15 @@ def preflight(config: Any, data: Any, params: dict[str, Any]) -> None:
     except Exception as exc:
         raise PreflightError(f"building the trial's components failed with parameters {params}: "
                              f"{type(exc).__name__}: {exc}") from exc
+    model_name = comp.describe(config.model.name)
+    workers = getattr(config.resources, "workers", 1)
+    if workers > 1:
+        _check_ddp(trial, workers, model_name, stepped=False)
     if source is None:
         X, y = trial._train
         xb, yb = (t[: min(len(X), trial.batch_size)].to(trial.device) for t in (X, y))
     else:
         xb, yb = (t.to(trial.device) for t in source.preflight_batch(trial.batch_size))
-    model_name = comp.describe(config.model.name)
     try:
         with trial.step_ctx.autocast():
             out = trial.model(xb)
@@ -459,6 +578,12 @@ def preflight(config: Any, data: Any, params: dict[str, Any]) -> None:
             f"the loss {type(trial.loss_fn).__name__} does not fit the model output {tuple(out.shape)} and the "
             f"labels {tuple(yb.shape)} ({yb.dtype}): {type(exc).__name__}: {exc}. Pick a loss for the task "
             f"({config.task}) and labels") from exc
+    if workers > 1:
+        _check_ddp(trial, workers, model_name, stepped=True)
+        if trial.batch_size < workers:
+            raise PreflightError(f"the batch size {trial.batch_size} is smaller than resources.workers ({workers}): "
+                                 f"each worker trains on its share of every batch, so some would get none; use a "
+                                 f"batch size of at least {workers} or fewer workers")
     if config.train.step is not None:
         step = comp.resolve(config.train.step, what="train.step", import_paths=config.import_paths)
         try:
@@ -466,8 +591,7 @@ def preflight(config: Any, data: Any, params: dict[str, Any]) -> None:
         except Exception as exc:
             raise PreflightError(f"train.step {comp.describe(config.train.step)} failed on one batch: "
                                  f"{type(exc).__name__}: {exc}") from exc
-    if config.train.loop is not None:
-        comp.resolve(config.train.loop, what="train.loop", import_paths=config.import_paths)
+    resolve_loop(config, workers)
     try:
         trial.evaluate()
     except MetricError as exc:  # names the metric and what it did

@@ -251,10 +251,13 @@ def _check_cluster(config: ExperimentConfig, run_dir: str, quiet: bool) -> None:
     """Before anything is written: one trial fits a node, and every node sees the storage."""
     from . import _ray
 
-    cluster = _ray.check_resources(config.resources.cpu, config.resources.gpu)
+    res = config.resources
+    cluster = _ray.check_resources(res.cpu, res.gpu, res.workers)
+    shape = f"{{cpu: {res.cpu:g}, gpu: {res.gpu:g}}}"
+    each = shape if res.workers == 1 else (f"{res.workers} workers x {shape} (DistributedDataParallel), "
+                                           f"{cluster['groups']} trial(s) at once at most")
     _echo(f"raytune-torch: Ray with {cluster['cpus']:g} CPU(s), {cluster['gpus']:g} GPU(s) on "
-          f"{cluster['nodes']} node(s); each trial {{cpu: {config.resources.cpu:g}, gpu: {config.resources.gpu:g}}}",
-          quiet)
+          f"{cluster['nodes']} node(s); each trial {each}", quiet)
     if st.is_uri(run_dir) or cluster["nodes"] > 1:
         probed = _ray.check_storage(run_dir)
         _echo(f"raytune-torch: storage {st.display(run_dir)} written and read from {probed} node(s)", quiet)

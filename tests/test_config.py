@@ -204,7 +204,7 @@ def test_grace_period_longer_than_training_and_other_problems():
         "reduction_factor, brackets)",
         "scheduler.reduction_factor: must be > 1.0, got 1.0",
         "resources.cpu: must be > 0.0, got 0.0",
-        "resources.gpu: 1.5 asks for more than one GPU per trial",
+        "resources.gpu: 1.5 asks for more than one GPU per worker",
         # the rules between sections come after every section is read
         "train.metrics: 'mse' is not a classification metric (choose from accuracy, f1, roc_auc, a scikit-learn "
         "scorer name, or `package.module:function`)",

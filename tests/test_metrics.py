@@ -206,9 +206,9 @@ def test_experiment_round_trip_with_new_fields():
     assert load_config(cfg.to_dict()) == cfg
 
 
-GPU_REFUSED = ("resources.gpu: 2 asks for more than one GPU per trial, but a trial trains on one device, so the "
-               "others would sit idle; use gpu <= 1 (a fraction such as 0.25 packs several trials onto one GPU) "
-               "until trials can train across several workers")
+GPU_REFUSED = ("resources.gpu: 2 asks for more than one GPU per worker, but a worker trains on one device, so the "
+               "others would sit idle; to train one model on 2 GPUs set resources.workers: 2 with gpu: 1 "
+               "(DistributedDataParallel, one GPU per worker)")
 
 
 def test_more_than_one_gpu_per_trial_is_refused():
@@ -217,7 +217,8 @@ def test_more_than_one_gpu_per_trial_is_refused():
         load_config(MINIMAL, gpus_per_trial=2)  # the CLI's --gpus-per-trial goes the same way
     assert info.value.problems == [GPU_REFUSED]
     assert problems_of({**MINIMAL, "resources": {"gpu": 1.5}})[0].startswith(
-        "resources.gpu: 1.5 asks for more than one GPU per trial")
+        "resources.gpu: 1.5 asks for more than one GPU per worker")
+    assert "resources.workers: 2 with gpu: 1" in problems_of({**MINIMAL, "resources": {"gpu": 1.5}})[0]
     assert load_config({**MINIMAL, "resources": {"gpu": 1}}).resources.gpu == 1.0
     assert load_config(MINIMAL, gpus_per_trial=0.25).resources.gpu == 0.25
 

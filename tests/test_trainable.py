@@ -18,7 +18,7 @@ from raytune_torch.trainable import build_components, derive_seed, preflight, ru
 from reporters import Crash, FakeReporter
 
 METRIC_KEYS = {"epoch", "train_loss", "val_loss", "val_accuracy", "lr", "epoch_time_s", "samples_per_s",
-               "n_params", "trial_seed", "diverged", "early_stopped", "stop_rule", "device"}
+               "n_params", "trial_seed", "diverged", "early_stopped", "stop_rule", "device", "workers"}
 BASE = {
     "name": "trial-test",
     "seed": 0,

@@ -187,7 +187,7 @@ def _history_epochs(path: str) -> set:
 
 
 _EXTRA_KEYS = ("lr", "epoch_time_s", "samples_per_s", "n_params", "trial_seed", "diverged", "early_stopped", "stop_rule",
-               "device", "node_id", "gpu_peak_mib")
+               "device", "node_id", "gpu_peak_mib", "workers", "worker_nodes")
 
 
 class ConsoleCallback(tune.Callback):

@@ -77,9 +77,33 @@ def _probe_gcs(address: str, token: Any) -> None:
         raise mismatch
 
 
-def check_resources(cpu: float, gpu: float) -> dict[str, Any]:
-    """Fail before launch when no alive node can hold one trial. Returns what the cluster has."""
+def _workers_per_node(nodes: list[dict], cpu: float, gpu: float) -> list[int]:
+    """How many workers of ``{cpu, gpu}`` each node holds."""
+    eps = 1e-9
+    out = []
+    for node in nodes:
+        res = node["Resources"]
+        fit = int(res.get("CPU", 0.0) / cpu + eps) if cpu > 0 else 10**6
+        if gpu > 0:
+            fit = min(fit, int(res.get("GPU", 0.0) / gpu + eps))
+        out.append(fit)
+    return out
+
+
+def group_capacity(cpu: float, gpu: float, workers: int) -> int:
+    """How many trials of ``workers`` x ``{cpu, gpu}`` the alive nodes hold at once (a trial's workers
+    may spread over nodes)."""
     nodes = [n for n in ray.nodes() if n.get("Alive")]
+    return sum(_workers_per_node(nodes, cpu, gpu)) // max(workers, 1)
+
+
+def check_resources(cpu: float, gpu: float, workers: int = 1) -> dict[str, Any]:
+    """Fail before launch when the cluster cannot hold one trial: a node for a one-worker trial; for
+    ``workers`` > 1, that many workers of ``{cpu, gpu}`` over the nodes (and a Ray that runs such
+    trials). Returns what the cluster has, and ``groups``: how many trials run at once at most."""
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if workers > 1:
+        return _check_group(nodes, cpu, gpu, workers)
     best = max(((n["Resources"].get("CPU", 0.0), n["Resources"].get("GPU", 0.0)) for n in nodes),
                default=(0.0, 0.0))
     fits = [n for n in nodes if n["Resources"].get("CPU", 0.0) >= cpu and n["Resources"].get("GPU", 0.0) >= gpu]
@@ -97,7 +121,34 @@ def check_resources(cpu: float, gpu: float) -> dict[str, Any]:
             + "; ".join(fix or ["run on a cluster with larger nodes"])
         )
     total = ray.cluster_resources()
-    return {"nodes": len(nodes), "cpus": total.get("CPU", 0.0), "gpus": total.get("GPU", 0.0)}
+    return {"nodes": len(nodes), "cpus": total.get("CPU", 0.0), "gpus": total.get("GPU", 0.0), "groups": None}
+
+
+def _check_group(nodes: list[dict], cpu: float, gpu: float, workers: int) -> dict[str, Any]:
+    from .group import support_error
+
+    problem = support_error()
+    if problem is not None:
+        raise ConfigError([problem])
+    per_node = _workers_per_node(nodes, cpu, gpu)
+    total = ray.cluster_resources()
+    held = sum(per_node)
+    if held < workers:
+        shape = f"{{cpu: {cpu:g}, gpu: {gpu:g}}}"
+        listing = ", ".join(f"{n['NodeManagerAddress']}: {n['Resources'].get('CPU', 0.0):g} CPU(s), "
+                            f"{n['Resources'].get('GPU', 0.0):g} GPU(s) -> {k} worker(s)"
+                            for n, k in zip(nodes, per_node))
+        fix = [f"lower resources.workers (--workers-per-trial) to at most {held}" if held >= 2 else
+               "use resources.workers: 1"]
+        if gpu > 0 and total.get("GPU", 0.0) < workers * gpu:
+            fix.append(f"lower resources.gpu to at most {total.get('GPU', 0.0) / workers:g}")
+        if total.get("CPU", 0.0) < workers * cpu:
+            fix.append(f"lower resources.cpu to at most {total.get('CPU', 0.0) / workers:g} per worker")
+        raise ResourceError(
+            f"each trial asks for {workers} workers of {shape} ({workers * cpu:g} CPUs, {workers * gpu:g} GPUs in "
+            f"all), but the Ray cluster holds {held} such worker(s) at once ({listing}); " + "; ".join(fix))
+    return {"nodes": len(nodes), "cpus": total.get("CPU", 0.0), "gpus": total.get("GPU", 0.0),
+            "groups": held // workers}
 
 
 def _probe_node(location: str, token: str, node_id: str) -> str | None:

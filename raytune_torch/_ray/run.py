@@ -47,7 +47,39 @@ def _tune_env() -> Iterator[None]:
 def _trainable(config: Any, trial_fn: TrialFunction, shared: SharedData, run_dir: str) -> Any:
     from ..storage import ray_storage
 
-    return trainable(trial_fn, shared, ray_storage(run_dir), cpu=config.resources.cpu, gpu=config.resources.gpu)
+    res = config.resources
+    if res.workers > 1:
+        from .group import group_trainable
+
+        return group_trainable(trial_fn, shared, ray_storage(run_dir), workers=res.workers, cpu=res.cpu, gpu=res.gpu)
+    return trainable(trial_fn, shared, ray_storage(run_dir), cpu=res.cpu, gpu=res.gpu)
+
+
+def _group_settings(config: Any, plan: SearchPlan, run_dir: str) -> tuple[int | None, list]:
+    """For trials of several workers: how many run at once (the groups the cluster holds, at most
+    ``search.max_concurrent``; each trial's own Tune actor holds no CPU, so Tune cannot count them)
+    and the callback that frees a stopped trial's workers. (None, []) for one-worker trials."""
+    res = config.resources
+    if res.workers <= 1:
+        return None, []
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    from ..storage import ray_storage
+    from .cluster import group_capacity
+    from .group import GroupCleanup
+
+    limit = max(1, min([x for x in (config.search.max_concurrent, group_capacity(res.cpu, res.gpu, res.workers)) if x] or [1]))
+    if isinstance(plan.search_alg, BasicVariantGenerator):  # grid and random limit themselves
+        plan.search_alg.max_concurrent = limit
+    return limit, [GroupCleanup(ray_storage(run_dir))]
+
+
+def _close_groups(config: Any, run_dir: str) -> None:
+    if config.resources.workers > 1:
+        from ..storage import ray_storage
+        from .group import close_registry
+
+        close_registry(ray_storage(run_dir))
 
 
 def run_tuner(config: Any, shared: SharedData, trial_fn: TrialFunction, *, run_dir_parent: str, callbacks: list,
@@ -67,6 +99,8 @@ def run_tuner(config: Any, shared: SharedData, trial_fn: TrialFunction, *, run_d
     rules = RunRules(config.search.time_budget_s, target_modes(config, config.stop_all_at))
     run_dir = join(run_dir_parent, config.name)
     metric, mode = tune_objective(config)
+    group_limit, group_callbacks = _group_settings(config, plan, run_dir)
+    limit = None if config.search.algorithm in ("grid", "random") else (group_limit or config.search.max_concurrent)
     tune_config = tune.TuneConfig(
         metric=metric,
         mode=mode,
@@ -74,8 +108,10 @@ def run_tuner(config: Any, shared: SharedData, trial_fn: TrialFunction, *, run_d
         scheduler=build_scheduler(config),
         num_samples=plan.num_samples,
         # The variant generator limits concurrency itself; Ray wraps model-based searchers.
-        max_concurrent_trials=None if config.search.algorithm in ("grid", "random") else config.search.max_concurrent,
-        reuse_actors=True,
+        max_concurrent_trials=limit,
+        # A trial of several workers is a Train run that starts afresh (Tune's reuse would have to
+        # wait for the old run's workers to go, and gives up after 2 s)
+        reuse_actors=config.resources.workers <= 1,
         trial_dirname_creator=trial_dirname,
     )
     run_config = tune.RunConfig(
@@ -96,14 +132,17 @@ def run_tuner(config: Any, shared: SharedData, trial_fn: TrialFunction, *, run_d
         # Ray's own tools; then the run's own stop rules, and the trackers of `loggers:` (MLflow, W&B).
         callbacks=[HistoryCallback(config, metric_names, staging), JsonLoggerCallback(),
                    *([rules] if rules.active else []),
-                   *logger_callbacks(config, staging[0] if staging else run_dir), *callbacks],
+                   *logger_callbacks(config, staging[0] if staging else run_dir), *group_callbacks, *callbacks],
     )
     with _tune_env():
         tuner = tune.Tuner(_trainable(config, trial_fn, shared, run_dir),
                            param_space=param_space(config.space, config.search.algorithm),
                            tune_config=tune_config, run_config=run_config)
         _workers_ready.wait()
-        return tuner.fit()
+        try:
+            return tuner.fit()
+        finally:
+            _close_groups(config, run_dir)
 
 
 def run_stop() -> dict[str, Any] | None:
@@ -127,4 +166,7 @@ def restore_tuner(run_dir: str, config: Any, shared: SharedData, trial_fn: Trial
         tuner = tune.Tuner.restore(ray_storage(run_dir), trainable=_trainable(config, trial_fn, shared, run_dir),
                                    resume_unfinished=True, resume_errored=True, restart_errored=False)
         _workers_ready.wait()
-        return tuner.fit()
+        try:
+            return tuner.fit()
+        finally:
+            _close_groups(config, run_dir)

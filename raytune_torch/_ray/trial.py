@@ -75,6 +75,15 @@ class RayReporter:
 
     @contextlib.contextmanager
     def checkpoint_dir(self):
+        """A local directory holding :meth:`choose_checkpoint`'s checkpoint, or None."""
+        chosen = self.choose_checkpoint()
+        if chosen is None:
+            yield None
+            return
+        with chosen.as_directory() as directory:
+            yield directory
+
+    def choose_checkpoint(self) -> Any:
         """Ray's checkpoint for this trial, or a newer complete one of its own on storage.
 
         After the driver is killed, Ray's saved experiment state can lag behind the checkpoints
@@ -95,11 +104,7 @@ class RayReporter:
                 if newest_epoch > given_epoch:
                     chosen = tune.Checkpoint(newest_path, filesystem=fs)
                     self.replay_after = max(given_epoch, 0)
-        if chosen is None:
-            yield None
-            return
-        with chosen.as_directory() as directory:
-            yield directory
+        return chosen
 
     def _own_folder(self, given: Any) -> tuple[Any, str] | None:
         """(filesystem, path) of this trial's folder on storage, or None when ``given`` is another

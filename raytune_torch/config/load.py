@@ -36,6 +36,7 @@ OVERRIDES = {
     "time_limit_s": ("train", "time_limit_s"),
     "cpus_per_trial": ("resources", "cpu"),
     "gpus_per_trial": ("resources", "gpu"),
+    "workers_per_trial": ("resources", "workers"),
 }
 
 
