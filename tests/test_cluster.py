@@ -219,6 +219,43 @@ def test_a_local_run_then_a_cluster_run_in_the_same_process(cluster, tmp_path):
     assert set(out["nodes"]) <= {cluster.node("w1").node_id, cluster.node("w2").node_id}
 
 
+def test_a_two_worker_trial_spans_both_nodes_from_run_and_submit(cluster, tmp_path, token):
+    """resources.workers: 2 with one CPU each: the trial's two DDP ranks land on the two 1-CPU
+    nodes (the trial itself, Train's driver, holds no CPU), from `run --address` and `submit`."""
+    exp = _experiment(tmp_path, "ddp-run", lrs=(0.05,), max_epochs=2)
+    exp["resources"] = {"cpu": 1, "workers": 2}
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(exp))
+    env = _clean_env(tmp_path, RAY_ADDRESS=cluster.gcs_address, RAY_AUTH_TOKEN_PATH=cluster.token_file)
+    proc = _cli(["run", str(tmp_path / "exp.yaml")], env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "each trial 2 workers x {cpu: 1, gpu: 0} (DistributedDataParallel), 1 trial(s) at once at most" in proc.stdout
+    table = pd.read_parquet(tmp_path / "shared-runs" / "ddp-run" / "results.parquet")
+    assert table["epoch"].tolist() == [1, 2] and set(table["worker_nodes"]) == {2} and set(table["workers"]) == {2}
+    assert table["node_id"].iloc[0] in {cluster.node("w1").node_id, cluster.node("w2").node_id}  # rank 0's node
+
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "usermodels.py").write_text(MODEL_CODE)
+    exp["name"], exp["model"] = "ddp-submit", {"name": "usermodels:TinyMLP", "args": {"hidden": 8}}
+    (project / "exp.yaml").write_text(yaml.safe_dump(exp))
+    auth = ["--address", cluster.dashboard_url, "--token-file", cluster.token_file]
+    proc = _cli(["submit", "exp.yaml", *auth], _clean_env(tmp_path), cwd=project)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "SUCCEEDED" in out, out[-4000:]
+    table = pd.read_parquet(tmp_path / "shared-runs" / "ddp-submit" / "results.parquet")
+    assert set(table["worker_nodes"]) == {2} and table["epoch"].max() == 2
+
+    # three workers of one CPU do not fit two 1-CPU nodes: refused before anything starts
+    exp["name"], exp["resources"]["workers"], exp["model"] = "ddp-too-big", 3, {"name": "examples.models:MLP"}
+    (tmp_path / "big.yaml").write_text(yaml.safe_dump(exp))
+    proc = _cli(["run", str(tmp_path / "big.yaml")], env)
+    assert proc.returncode != 0
+    assert ("each trial asks for 3 workers of {cpu: 1, gpu: 0} (3 CPUs, 0 GPUs in all), but the Ray cluster holds "
+            "2 such worker(s) at once") in proc.stderr
+    assert "lower resources.workers (--workers-per-trial) to at most 2" in proc.stderr
+    assert not (tmp_path / "shared-runs" / "ddp-too-big" / "results.parquet").exists()
+
+
 def _history(run_dir: Path) -> list[dict]:
     rows = []
     for path in run_dir.glob("trial_*/history.jsonl"):
