@@ -22,9 +22,14 @@ import ray
 import yaml
 
 import raytune_torch as rt
+from raytune_torch._ray.group import support_error
+from raytune_torch.exceptions import ConfigError, ResourceError
 from tests.conftest import ROOT
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.usefixtures("ray_session")]
+pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("ray_session")]
+#: why this Ray cannot run trials of several workers (Ray 2.41: no Train V2 user callbacks), or None
+UNSUPPORTED = support_error()
+needs_train_v2 = pytest.mark.skipif(UNSUPPORTED is not None, reason=str(UNSUPPORTED))
 
 EXP = {
     "name": "ddp",
@@ -64,6 +69,8 @@ def wait_until_freed(timeout: float = 60) -> None:
     raise AssertionError(f"resources still held: {ray.available_resources()}; placement groups {groups}")
 
 
+@pytest.mark.slow
+@needs_train_v2
 def test_two_worker_trials_match_one_worker_and_a_failed_rank_resumes_exactly(tmp_path, write_module):
     marker = tmp_path / "rank1-failed"
     step = write_module(f"""
@@ -110,6 +117,8 @@ def test_two_worker_trials_match_one_worker_and_a_failed_rank_resumes_exactly(tm
     wait_until_freed()
 
 
+@pytest.mark.slow
+@needs_train_v2
 def test_asha_stops_two_worker_trials_and_their_workers_go(tmp_path):
     exp = experiment(tmp_path, "asha", train={"max_epochs": 4},
                      space={"optimizer__lr": {"type": "grid", "values": [0.3, 0.1, 0.01, 0.001]}},
@@ -130,6 +139,8 @@ def _epochs(run_dir: Path) -> dict[str, int]:
     return out
 
 
+@pytest.mark.slow
+@needs_train_v2
 def test_driver_killed_mid_run_then_resume_continues_the_two_worker_trial(tmp_path):
     exp = experiment(tmp_path, "killed", train={"max_epochs": 5, "step": "tests.helpers_steps:slow_step"},
                      space={"optimizer__lr": 0.1, "module__dropout": 0.0}, max_failures=0)
@@ -161,3 +172,25 @@ def test_driver_killed_mid_run_then_resume_continues_the_two_worker_trial(tmp_pa
     clean = by_lr_epoch(rt.run(exp, quiet=True).table)
     pd.testing.assert_frame_equal(table[COMPARED], clean[COMPARED], rtol=1e-5, atol=1e-6)
     wait_until_freed()
+
+
+@needs_train_v2
+def test_a_group_that_does_not_fit_is_refused_before_launch(tmp_path):
+    with pytest.raises(ResourceError) as info:
+        rt.run(experiment(tmp_path, "big", resources={"workers": 3}), quiet=True)
+    assert str(info.value).startswith("each trial asks for 3 workers of {cpu: 1, gpu: 0} (3 CPUs, 0 GPUs in all), but "
+                                      "the Ray cluster holds 2 such worker(s) at once (127.0.0.1: 2 CPU(s), 0 GPU(s) "
+                                      "-> 2 worker(s)); lower resources.workers (--workers-per-trial) to at most 2; "
+                                      "lower resources.cpu to at most 0.666667 per worker")
+    assert not (tmp_path / "runs" / "big" / "results.parquet").exists()
+
+
+def test_older_ray_refuses_several_workers_before_launch(tmp_path):
+    """Runs on Ray 2.41 (CI's oldest Ray): no Train V2 user callbacks there."""
+    if UNSUPPORTED is None:
+        pytest.skip(f"Ray {ray.__version__} runs trials of several workers")
+    with pytest.raises(ConfigError) as info:
+        rt.run(experiment(tmp_path, "old"), quiet=True)
+    assert f"this Ray {ray.__version__} does not have" in str(info.value)
+    assert "use Ray 2.60 (the release this was verified on), or resources.workers: 1" in str(info.value)
+    assert not (tmp_path / "runs" / "old" / "results.parquet").exists()

@@ -56,8 +56,8 @@ def registry_name(run_dir: str) -> str:
 
 
 def support_error() -> str | None:
-    """Why this Ray cannot run trials of several workers, or None. Needs Ray Train V2 (the default
-    from Ray 2.51) with user callbacks; verified on Ray 2.60."""
+    """Why this Ray cannot run trials of several workers, or None. Needs Ray Train V2 (on by default
+    in Ray 2.60) with user callbacks; verified on Ray 2.60, refused on Ray 2.41."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
