@@ -124,12 +124,16 @@ class ShardedBatchSampler(torch.utils.data.Sampler):
         return [s for s in global_batch_sizes(self.n, self.batch_size, self.drop_last) if s >= self.group.world]
 
     def _global_batches(self) -> list[list[int]]:
-        order = torch.randperm(self.n, generator=self.generator) if self.shuffle else torch.arange(self.n)
+        # The order is a RandomSampler's, as one worker's DataLoader draws it (the same draws from
+        # the generator), so the global batches are one worker's.
+        sampler = torch.utils.data.RandomSampler(range(self.n), generator=self.generator) if self.shuffle \
+            else range(self.n)
+        order = list(sampler)
         out = []
         for start, size in zip(range(0, self.n, self.batch_size),
                                global_batch_sizes(self.n, self.batch_size, self.drop_last)):
             if size >= self.group.world:
-                out.append(order[start:start + size].tolist())
+                out.append(order[start:start + size])
         return out
 
     def __iter__(self) -> Iterator[list[int]]:

@@ -83,3 +83,24 @@ def watched_digits():
     X_tr, X_va = X[:1400].copy(), X[1400:].copy()
     WATCHED[:] = [weakref.ref(X_tr), weakref.ref(X_va)]
     return {"train": (X_tr, y[:1400]), "val": (X_va, y[1400:])}
+
+
+def digits_datasets(iterable: bool = False):
+    """Digits (scaled to 0..1) as torch Datasets, the split given: map-style TensorDatasets, or
+    with ``iterable`` an IterableDataset that yields the training rows in order."""
+    import torch
+    from sklearn.datasets import load_digits
+    from torch.utils.data import IterableDataset, TensorDataset
+
+    X, y = load_digits(return_X_y=True)
+    X = torch.tensor(X / 16.0, dtype=torch.float32)
+    y = torch.tensor(y, dtype=torch.long)
+    train, val = (X[:1400], y[:1400]), (X[1400:], y[1400:])
+    if not iterable:
+        return {"train": TensorDataset(*train), "val": TensorDataset(*val)}
+
+    class Rows(IterableDataset):
+        def __iter__(self):
+            return zip(*train)
+
+    return {"train": Rows(), "val": TensorDataset(*val)}

@@ -18,7 +18,7 @@ import torch
 import torch.multiprocessing as mp
 
 from raytune_torch.config import load_config
-from raytune_torch.data import iterate_batches, load_splits
+from raytune_torch.data import iterate_batches, load_data, load_splits
 from raytune_torch.distributed import Group, ShardedBatchSampler, check_ddp_model, global_batch_sizes, shard
 from raytune_torch.exceptions import ConfigError, PreflightError
 from raytune_torch.trainable import preflight, run_trial
@@ -58,7 +58,7 @@ def _rank_main(rank: int, world: int, port: int, raw: dict, out: str, crash_afte
     import torch.distributed as dist
 
     from raytune_torch.config import load_config as load
-    from raytune_torch.data import load_splits as splits
+    from raytune_torch.data import load_data
     from raytune_torch.distributed import Group as G
     from raytune_torch.trainable import run_trial as run
     from reporters import Crash as C, FakeReporter as R
@@ -66,7 +66,7 @@ def _rank_main(rank: int, world: int, port: int, raw: dict, out: str, crash_afte
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         cfg = load(raw)
-        data = splits(cfg.data, cfg.task, cfg.seed)
+        data = load_data(cfg.data, cfg.task, cfg.seed, import_paths=cfg.import_paths)
         reporter = R(Path(out) / f"ckpt-{rank}", crash_after=crash_after,
                      resume_from=Path(resume_from) if resume_from else None)
         try:
@@ -93,7 +93,8 @@ def run_single(raw: dict, root: Path | None = None, **kw) -> FakeReporter:
     cfg = load_config(raw)
     reporter = FakeReporter(root, **kw)
     try:
-        run_trial(dict(raw["space"]), cfg, load_splits(cfg.data, cfg.task, cfg.seed), reporter)
+        run_trial(dict(raw["space"]), cfg, load_data(cfg.data, cfg.task, cfg.seed, import_paths=cfg.import_paths),
+                  reporter)
     except Crash:
         pass
     return reporter
@@ -141,6 +142,19 @@ def test_two_workers_match_one_worker_and_resume_exactly(tmp_path):
         run_single(raw, resume_from=checkpoint)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("iterable", [False, True], ids=["map-style", "iterable"])
+def test_two_workers_match_one_on_torch_datasets(tmp_path, iterable):
+    """A map-style Dataset: each rank loads only its rows of each global batch (the batch sampler);
+    an iterable one: every rank reads it and keeps its rows. Either way one worker's batches."""
+    raw = {**BASE, "data": {"factory": "helpers_steps:digits_datasets", "factory_args": {"iterable": iterable},
+                            "loader": {"num_workers": 0}}}
+    one = run_single(raw).stable()
+    two = run_group(raw, tmp_path / "two")[0]
+    close(two, one)
+    assert two[-1]["val_accuracy"] > 0.5
+
+
 # --- sharding -------------------------------------------------------------------------------------
 
 def test_ranks_share_each_global_batch_row_for_row():
@@ -171,7 +185,7 @@ def test_the_batch_sampler_loads_only_this_ranks_items_of_each_global_batch():
     samplers = [ShardedBatchSampler(10, 4, Group(r, 2), shuffle=True, generator=torch.Generator().manual_seed(1))
                 for r in range(2)]
     a, b = (list(s) for s in samplers)
-    order = torch.randperm(10, generator=torch.Generator().manual_seed(1)).tolist()
+    order = list(torch.utils.data.RandomSampler(range(10), generator=torch.Generator().manual_seed(1)))
     assert [x + y for x, y in zip(a, b)] != [order[0:4], order[4:8], order[8:]]
     assert [sorted(x + y) for x, y in zip(a, b)] == [sorted(order[0:4]), sorted(order[4:8]), sorted(order[8:])]
     assert a[0] == order[0:4][0::2] and b[0] == order[0:4][1::2]

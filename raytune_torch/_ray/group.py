@@ -17,14 +17,13 @@ What differs from the guide, and why (verified on Ray 2.60; docs/notes/multi-wor
 * When Tune stops a trial (ASHA, PBT's pause, the run's end) it ends the trial's actor at once;
   Train's workers die with it, but their placement group belongs to the job and stays, and Ray's
   own cleaner needs the dashboard's State API. Each trial therefore registers its group's placement
-  group with a small actor of the run (:class:`GroupCleanup`), which removes it as soon as the
-  trial is no longer running.
+  group with a small named actor of the job, and the run's :class:`GroupCleanup` callback has it
+  removed as soon as the trial is no longer running.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import threading
@@ -50,9 +49,10 @@ POLL_INTERVAL_S = 0.25
 NAMESPACE = "raytune_torch"
 
 
-def registry_name(run_dir: str) -> str:
-    """The name of the registry actor of the run in ``run_dir``."""
-    return "groups-" + hashlib.sha256(run_dir.encode()).hexdigest()[:16]
+def registry_name() -> str:
+    """The name of this Ray job's placement-group registry: the driver and its trials' actors
+    belong to one job (a resumed run's new driver is a new job)."""
+    return f"groups-{ray.get_runtime_context().get_job_id()}"
 
 
 def support_error() -> str | None:
@@ -72,16 +72,16 @@ def support_error() -> str | None:
 def group_trainable(trial_fn: TrialFunction, shared: SharedData, run_dir: str, *, workers: int, cpu: float,
                     gpu: float) -> Any:
     """The Tune trainable of a trial of ``workers`` workers with ``{cpu, gpu}`` each; the run needs a
-    :class:`GroupCleanup` callback for the same ``run_dir``."""
+    :class:`GroupCleanup` callback."""
     wrapped = tune.with_parameters(_group_trial, trial_fn=trial_fn, shared=shared, run_dir=run_dir,
                                    workers=workers, cpu=cpu, gpu=gpu)
     return tune.with_resources(wrapped, DRIVER_RESOURCES)
 
 
-def _register(run_dir: str | None, trial_id: str, pg: Any) -> None:
-    """Hand the trial's placement group to the run's registry (it removes it when the trial stops)."""
+def _register(trial_id: str, pg: Any) -> None:
+    """Hand the trial's placement group to the registry (it removes it when the trial stops)."""
     try:
-        registry = ray.get_actor(registry_name(run_dir or ""), namespace=NAMESPACE)
+        registry = ray.get_actor(registry_name(), namespace=NAMESPACE)
     except ValueError:
         log.warning("trial %s: no placement-group registry for this run; if Tune stops the trial, its workers' "
                     "resources are held until the run ends", trial_id)
@@ -143,7 +143,7 @@ def _group_trial(params: dict[str, Any], trial_fn: TrialFunction | None = None, 
                 continue
             if "placement_group" in item:
                 pg = item["placement_group"]
-                _register(run_dir, reporter.trial_id, pg)
+                _register(reporter.trial_id, pg)
                 continue
             metrics = dict(item["metrics"][0])  # every rank reports the same, already reduced
             metrics["worker_nodes"] = len({m.get("node_id") for m in item["metrics"]})
@@ -271,28 +271,28 @@ class _Groups:
 class GroupCleanup(tune.Callback):
     """In the driver: when a trial of several workers stops running (finished, stopped by the
     scheduler or the run's rules, paused by PBT, failed), its workers' placement group is removed;
-    at the run's end, every one left.
+    at the run's end, those of every trial of the run.
 
-    The registry is a named actor of this driver (found by the trials through ``run_dir``), made
-    anew when the run starts or resumes (the callback is pickled with Tune's experiment state)."""
+    The registry is a named actor of this Ray job that the trials find by name, made when the run
+    starts or resumes (the callback is pickled with Tune's experiment state, without it)."""
 
-    def __init__(self, run_dir: str) -> None:
-        self.run_dir = run_dir
+    def __init__(self) -> None:
         self.registry: Any = None
         self._running: set[str] = set()
+        self._seen: set[str] = set()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"run_dir": self.run_dir, "registry": None, "_running": set()}
+        return {"registry": None, "_running": set(), "_seen": set()}
 
     def setup(self, **info: Any) -> None:
-        self.registry = _Groups.options(name=registry_name(self.run_dir), namespace=NAMESPACE,
-                                        get_if_exists=True).remote()
+        self.registry = _Groups.options(name=registry_name(), namespace=NAMESPACE, get_if_exists=True).remote()
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         gone = []
         for trial in trials:
             if trial.status == "RUNNING":
                 self._running.add(trial.trial_id)
+                self._seen.add(trial.trial_id)
             elif trial.trial_id in self._running:
                 self._running.discard(trial.trial_id)
                 gone.append(trial.trial_id)
@@ -300,19 +300,15 @@ class GroupCleanup(tune.Callback):
             self.registry.release.remote(gone)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
-        close_registry(self.run_dir)
+        self._seen.update(t.trial_id for t in trials)
+        self.release_all()
 
-
-def close_registry(run_dir: str) -> int:
-    """Remove every placement group the run in ``run_dir`` still has registered and end its
-    registry (after the run, whatever ended it). Returns how many groups were removed."""
-    try:
-        registry = ray.get_actor(registry_name(run_dir), namespace=NAMESPACE)
-    except ValueError:
-        return 0
-    removed = 0
-    with contextlib.suppress(Exception):
-        removed = ray.get(registry.release.remote(), timeout=30)
-    with contextlib.suppress(Exception):
-        ray.kill(registry)
-    return removed
+    def release_all(self) -> int:
+        """Remove the placement groups of every trial of this run still registered (after the run,
+        whatever ended it); returns how many there were."""
+        if self.registry is None or not self._seen:
+            return 0
+        try:
+            return ray.get(self.registry.release.remote(sorted(self._seen)), timeout=30)
+        except Exception:  # the instance is going down with the run
+            return 0

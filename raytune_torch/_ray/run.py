@@ -55,7 +55,7 @@ def _trainable(config: Any, trial_fn: TrialFunction, shared: SharedData, run_dir
     return trainable(trial_fn, shared, ray_storage(run_dir), cpu=res.cpu, gpu=res.gpu)
 
 
-def _group_settings(config: Any, plan: SearchPlan, run_dir: str) -> tuple[int | None, list]:
+def _group_settings(config: Any, plan: SearchPlan) -> tuple[int | None, list]:
     """For trials of several workers: how many run at once (the groups the cluster holds, at most
     ``search.max_concurrent``; each trial's own Tune actor holds no CPU, so Tune cannot count them)
     and the callback that frees a stopped trial's workers. (None, []) for one-worker trials."""
@@ -64,22 +64,19 @@ def _group_settings(config: Any, plan: SearchPlan, run_dir: str) -> tuple[int | 
         return None, []
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    from ..storage import ray_storage
     from .cluster import group_capacity
     from .group import GroupCleanup
 
     limit = max(1, min([x for x in (config.search.max_concurrent, group_capacity(res.cpu, res.gpu, res.workers)) if x] or [1]))
     if isinstance(plan.search_alg, BasicVariantGenerator):  # grid and random limit themselves
         plan.search_alg.max_concurrent = limit
-    return limit, [GroupCleanup(ray_storage(run_dir))]
+    return limit, [GroupCleanup()]
 
 
-def _close_groups(config: Any, run_dir: str) -> None:
-    if config.resources.workers > 1:
-        from ..storage import ray_storage
-        from .group import close_registry
-
-        close_registry(ray_storage(run_dir))
+def _release_groups(callbacks: list) -> None:
+    """After the run, whatever ended it: free the workers of every trial of several the run had."""
+    for callback in callbacks:
+        callback.release_all()
 
 
 def run_tuner(config: Any, shared: SharedData, trial_fn: TrialFunction, *, run_dir_parent: str, callbacks: list,
@@ -99,7 +96,7 @@ def run_tuner(config: Any, shared: SharedData, trial_fn: TrialFunction, *, run_d
     rules = RunRules(config.search.time_budget_s, target_modes(config, config.stop_all_at))
     run_dir = join(run_dir_parent, config.name)
     metric, mode = tune_objective(config)
-    group_limit, group_callbacks = _group_settings(config, plan, run_dir)
+    group_limit, group_callbacks = _group_settings(config, plan)
     limit = None if config.search.algorithm in ("grid", "random") else (group_limit or config.search.max_concurrent)
     tune_config = tune.TuneConfig(
         metric=metric,
@@ -142,7 +139,7 @@ def run_tuner(config: Any, shared: SharedData, trial_fn: TrialFunction, *, run_d
         try:
             return tuner.fit()
         finally:
-            _close_groups(config, run_dir)
+            _release_groups(group_callbacks)
 
 
 def run_stop() -> dict[str, Any] | None:
@@ -166,7 +163,5 @@ def restore_tuner(run_dir: str, config: Any, shared: SharedData, trial_fn: Trial
         tuner = tune.Tuner.restore(ray_storage(run_dir), trainable=_trainable(config, trial_fn, shared, run_dir),
                                    resume_unfinished=True, resume_errored=True, restart_errored=False)
         _workers_ready.wait()
-        try:
-            return tuner.fit()
-        finally:
-            _close_groups(config, run_dir)
+        # trials of several workers: the run's GroupCleanup comes back with Tune's saved state
+        return tuner.fit()
