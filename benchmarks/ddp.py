@@ -2,7 +2,7 @@
 """Several workers per trial (``resources.workers``): one trial's speed with 1 and 2 CPU workers
 training one model with DistributedDataParallel, side by side, and where the time goes.
 
-    python benchmarks/ddp.py              # both parts, full sizes (about 8 min on 2 cores)
+    python benchmarks/ddp.py              # both parts, full sizes (about 6-7 min on 2 cores)
     python benchmarks/ddp.py --quick      # tiny sizes, to check the script (about 1.5 min)
     python benchmarks/ddp.py --part train # only part 1 (no Ray)
 
@@ -11,7 +11,7 @@ in 1 process and in 2 processes joined by a gloo group on 127.0.0.1 (``torch.mul
 spawned, one torch thread each, as ``resources: {cpu: 1}`` gives every worker), on the same global
 batch (each rank trains on half of every batch and DDP all-reduces the gradients). Models:
 
-- the benchmark CNN, ``examples.models:DigitsCNN(channels=20)`` (the cnn grid's middle size), on
+- the benchmark CNN, ``examples.models:DigitsCNN(channels=20)`` (a size of the cnn grid), on
   the digits train split repeated 16 times (22,992 rows; the same rows, so an epoch lasts seconds);
 - a wider one, ``DigitsCNN(channels=128)`` (11x the parameters, 15x the compute per row), on the
   digits split as it is (1,437 rows).
@@ -19,20 +19,24 @@ batch (each rank trains on half of every batch and DDP all-reduces the gradients
 samples/s = training rows / ``epoch_time_s`` (the training pass of the slowest rank; validation is
 not in it), median over every epoch after each run's first; the configurations take turns, round by
 round. Then, in the same processes, where the time goes, in ms per global batch (one training
-step), each the slowest rank's, after a warm-up: a plain PyTorch loop on this rank's rows of each
-global batch without DDP (compute only; the 2 ranks run at once, each on its own core), the same
-loop with the model wrapped in DDP as the trial wraps it (``raytune_torch.distributed.wrap``:
-compute + the gradient all-reduce), and one ``all_reduce`` of a float32 buffer the size of the
-model alone. The trial's own step is ``epoch_time_s`` / steps.
+step), each the slowest rank's, after a warm-up: a plain PyTorch loop in the 1-worker process on
+the whole batch and on half of it (what each of 2 ranks computes, alone); in the 2-worker
+processes, on this rank's rows of each global batch without DDP (compute only; the 2 ranks run at
+once), the same loop with the model wrapped in DDP as the trial wraps it
+(``raytune_torch.distributed.wrap``: compute + the gradient all-reduce), and one ``all_reduce`` of
+a float32 buffer the size of the model alone. The trial's own step is ``epoch_time_s`` / steps.
 
 Part 2, ``tune`` (Ray Tune, the public API): ``raytune_torch.run(experiment, quiet=True)`` of a
 2-trial grid (two learning rates) of the benchmark CNN with ``resources: {cpu: 1, workers: 1}``
 and with ``{cpu: 1, workers: 2}`` (on 2 CPUs: two 1-worker trials run at once, two 2-worker trials
 one after the other; the same work either way). Per run: the wall time of ``run()``; per trial
-(mean of the two): ``time_total_s`` of its last epoch (the trial's wall time as Tune counts it)
-and of its first (start-up: for 2 workers, Ray Train's controller, worker processes and gloo group;
-plus the first epoch), from each trial's ``history.jsonl``; the median samples/s from the results
-table. Storage is a fresh folder under the system's temporary directory, removed afterwards.
+(mean of the two): Tune's ``time_total_s`` at its first epoch (start-up: for 2 workers, Ray
+Train's controller, worker processes and gloo group; plus the first epoch) and at its last, from
+each trial's ``history.jsonl``; on the driver's clock (a Tune callback passed to ``run()``), the
+trial's start, results and end, so also what ``time_total_s`` leaves out (the trial's end after
+its last result), and the run's time before the first trial, between trials and after the last;
+the median samples/s from the results table. Storage is a fresh folder under the system's
+temporary directory, removed afterwards.
 """
 
 from __future__ import annotations
@@ -223,7 +227,7 @@ def run_group(raw: dict, world: int, plain_steps: int) -> dict:
 
 
 def part_train(args: argparse.Namespace) -> dict:
-    cases = [(m, b) for m in models(args.quick) for b in BATCHES]
+    cases = [(m, b) for m in models(args.quick) for b in (BATCHES[:1] if args.quick else BATCHES)]
     runs: dict[tuple[int, int, int], list[dict]] = {}
     for round_ in range(args.rounds):
         for m, batch in cases:
@@ -293,6 +297,56 @@ def part_train(args: argparse.Namespace) -> dict:
 # Part 2: end to end through Ray Tune
 
 
+#: (seconds since the run() call, event, trial id), appended by :class:`_Timeline` in the driver
+_EVENTS: list[tuple[float, str, str]] = []
+_T0 = [0.0]
+
+
+def _timeline_callback():
+    """A Tune callback (the driver's clock) recording when each trial starts and ends."""
+    from ray import tune
+
+    class _Timeline(tune.Callback):
+        def on_trial_start(self, iteration, trials, trial, **info):
+            _EVENTS.append((time.perf_counter() - _T0[0], "start", trial.trial_id))
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            _EVENTS.append((time.perf_counter() - _T0[0], "result", trial.trial_id))
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            _EVENTS.append((time.perf_counter() - _T0[0], "end", trial.trial_id))
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            _EVENTS.append((time.perf_counter() - _T0[0], "end", trial.trial_id))
+
+    return _Timeline()
+
+
+def _timeline(events: list[tuple[float, str, str]], wall: float) -> dict:
+    """Before the first trial starts, while no trial runs between trials, after the last one ends."""
+    starts = [t for t, kind, _ in events if kind == "start"]
+    ends = [t for t, kind, _ in events if kind == "end"]
+    idle, running, last = 0.0, 0, None
+    for t, kind, _ in sorted(events):
+        if kind == "result":
+            continue
+        if kind == "start":
+            if running == 0 and last is not None:
+                idle += t - last
+            running += 1
+        else:
+            running -= 1
+            last = t
+    per_trial = {}
+    for t, kind, trial_id in events:
+        per_trial.setdefault(trial_id, {}).setdefault(kind, []).append(t)
+    spans = [(e["start"][0], e["result"][0], e["result"][-1], e["end"][-1]) for e in per_trial.values()]
+    return {"before_first_s": min(starts), "between_s": idle, "after_last_s": wall - max(ends),
+            "trial_span_s": statistics.mean(end - start for start, _, _, end in spans),
+            "to_first_result_s": statistics.mean(first - start for start, first, _, _ in spans),
+            "after_last_result_s": statistics.mean(end - last for _, _, last, end in spans)}
+
+
 def _histories(run_dir: str) -> list[list[dict]]:
     out = []
     for path in sorted(Path(run_dir).glob("trial_*/history.jsonl")):
@@ -315,8 +369,9 @@ def part_tune(args: argparse.Namespace) -> dict:
                        resources={"cpu": 1, "workers": workers})
             import raytune_torch as rt
 
-            t0 = time.perf_counter()
-            result = rt.run(exp, quiet=True)
+            _EVENTS.clear()
+            _T0[0] = t0 = time.perf_counter()
+            result = rt.run(exp, quiet=True, callbacks=[_timeline_callback()])
             wall = time.perf_counter() - t0
             table = result.table
             table = table[table["epoch"] > 0]
@@ -330,6 +385,7 @@ def part_tune(args: argparse.Namespace) -> dict:
                 "first_epoch_total_s": statistics.mean(h[0]["time_total_s"] for h in histories),
                 "first_epoch_time_s": statistics.mean(h[0]["epoch_time_s"] for h in histories),
                 "samples_per_s": float(trained["samples_per_s"].median()),
+                **_timeline(_EVENTS, wall), "events": list(_EVENTS),
                 "histories": histories,
             })
             print(f"  tune, {workers} worker(s) per trial: {wall:.1f} s", file=sys.stderr, flush=True)
@@ -338,13 +394,26 @@ def part_tune(args: argparse.Namespace) -> dict:
     one = rows[0]
     print(f"\nPart 2: raytune_torch.run, a 2-trial grid of the {m['label']}, batch 64, {epochs} epochs, "
           f"resources {{cpu: 1, workers: N}} on {os.cpu_count()} CPUs")
-    print("| workers per trial | run() wall s | x 1 worker | trial wall s (time_total_s, last epoch) | "
-          "first epoch's time_total_s | its epoch_time_s | samples/s (epochs after the first) | x 1 worker |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("Per trial (mean of the two; seconds): start to end and start to its first result on the driver's "
+          "clock; Tune's time_total_s at the first epoch and the last; the first epoch's epoch_time_s; from the "
+          "last result to the trial's end")
+    print("| workers per trial | run() wall s | x 1 worker | trial start to end | start to first result | "
+          "time_total_s, epoch 1 | time_total_s, last epoch | epoch 1 epoch_time_s | last result to end | "
+          "samples/s after epoch 1 | x 1 worker |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['workers']} | {r['wall_s']:.1f} | {r['wall_s'] / one['wall_s']:.2f}x | {r['trial_s']:.1f} | "
-              f"{r['first_epoch_total_s']:.1f} | {r['first_epoch_time_s']:.2f} | {r['samples_per_s']:,.0f} | "
+        print(f"| {r['workers']} | {r['wall_s']:.1f} | {r['wall_s'] / one['wall_s']:.2f}x | {r['trial_span_s']:.1f} | "
+              f"{r['to_first_result_s']:.1f} | {r['first_epoch_total_s']:.1f} | {r['trial_s']:.1f} | "
+              f"{r['first_epoch_time_s']:.2f} | {r['after_last_result_s']:.1f} | {r['samples_per_s']:,.0f} | "
               f"{r['samples_per_s'] / one['samples_per_s']:.2f}x |")
+    print("\nThe run's wall time, from the driver's clock: before the first trial starts (Ray's start, the "
+          "preflight), trials running, no trial running between trials, after the last one ends")
+    print("| workers per trial | before the first trial s | trials running s | between trials s | after the last s |")
+    print("|---:|---:|---:|---:|---:|")
+    for r in rows:
+        running = r["wall_s"] - r["before_first_s"] - r["between_s"] - r["after_last_s"]
+        print(f"| {r['workers']} | {r['before_first_s']:.1f} | {running:.1f} | {r['between_s']:.1f} | "
+              f"{r['after_last_s']:.1f} |")
     return {"rows": rows}
 
 

@@ -72,7 +72,8 @@ def _start(config: ExperimentConfig, address: str | None, token_file: str | None
         return data, (_ray.connect(address, token_file) if address else False)
     with ThreadPoolExecutor(1, thread_name_prefix="raytune-torch-prepare") as pool:
         loading = pool.submit(_load_and_check, config)
-        owned = _ray.start_local(num_gpus=num_gpus)  # in the main thread (Ray's signal handlers)
+        # in the main thread (Ray's signal handlers); Ray Train (several workers per trial) needs the State API
+        owned = _ray.start_local(num_gpus=num_gpus, state_api=config.resources.workers > 1)
         try:
             data = loading.result()
         except BaseException:

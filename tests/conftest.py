@@ -19,10 +19,11 @@ os.chdir(ROOT)  # and so does every Ray worker (Ray adds the driver's working di
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """A private local Ray instance (127.0.0.1 only) shared by the session; stopped by its handle."""
+    """A private local Ray instance (127.0.0.1 only) shared by the session; stopped by its handle.
+    With Ray's API server, as `run` starts it for trials of several workers (Ray Train needs it)."""
     from raytune_torch import _ray
 
-    started = _ray.start_local(num_cpus=2, num_gpus=0)
+    started = _ray.start_local(num_cpus=2, num_gpus=0, state_api=True)
     yield
     if started:
         _ray.shutdown()

@@ -231,3 +231,30 @@ def test_gpu_check_without_cuda_says_how_to_run_it():
     done = _run_script(["benchmarks/gpu_check.py"], 60)
     assert done.returncode == 2
     assert "run this on a machine with an NVIDIA GPU, or pass --smoke to check the script itself" in done.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_ddp_quick_prints_one_and_two_workers_per_trial_side_by_side(tmp_path):
+    out = tmp_path / "ddp.json"
+    done = _run_script(["benchmarks/ddp.py", "--quick", "--out", str(out)], 500)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    # part 1 (no Ray): the trial in 1 and 2 gloo processes, and where the time goes
+    assert "| model | global batch | params | 1 worker samples/s | 2 workers samples/s | 2 workers / 1 worker |" \
+        in done.stdout
+    assert done.stdout.count("| benchmark CNN (channels 20, 1,437 rows) | 64 |") == 3  # speed, ms, speed-ups
+    row = json.loads(out.read_text())["train"]["rows"][0]
+    for key in ("samples_per_s_1", "samples_per_s_2", "trial_step_ms_1", "trial_step_ms_2", "plain_1_ms",
+                "plain_half_alone_ms", "plain_2_compute_ms", "plain_2_ddp_ms", "allreduce_ms"):
+        assert math.isfinite(row[key]) and row[key] > 0, key
+    assert row["n_params"] == 49114 and row["steps_per_epoch"] == 23
+    # part 2 (Ray Tune through raytune_torch.run): a 2-trial grid with workers 1 and 2
+    assert "| workers per trial | run() wall s | x 1 worker |" in done.stdout
+    tune = json.loads(out.read_text())["tune"]["rows"]
+    assert [r["workers"] for r in tune] == [1, 2]
+    for r in tune:
+        assert (r["trials"], r["epochs"], r["status"]) == (2, 4, ["completed"]), r["workers"]
+        assert [[row["workers"] for row in h] for h in r["histories"]] == [[r["workers"]] * 2] * 2
+        assert 0 < r["first_epoch_total_s"] <= r["trial_s"] < r["wall_s"]
+    assert "| workers per trial | before the first trial s | trials running s |" in done.stdout
+    assert done.stdout.count("| 1 | ") == done.stdout.count("| 2 | ") == 2  # a row in each of the two tables

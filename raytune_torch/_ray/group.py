@@ -15,10 +15,12 @@ What differs from the guide, and why (verified on Ray 2.60; docs/notes/multi-wor
   So the run must limit how many trials run at once to the groups the cluster holds
   (``max_groups``), or every trial's Train run would wait for workers forever.
 * When Tune stops a trial (ASHA, PBT's pause, the run's end) it ends the trial's actor at once;
-  Train's workers die with it, but their placement group belongs to the job and stays, and Ray's
-  own cleaner needs the dashboard's State API. Each trial therefore registers its group's placement
-  group with a small named actor of the job, and the run's :class:`GroupCleanup` callback has it
-  removed as soon as the trial is no longer running.
+  Train's workers die with it, but their placement group belongs to the job and stays. Ray's own
+  cleaner (a detached actor per Train run) removes it once the State API says the controller is
+  dead, a second or more later, and not at all where it cannot reach the State API (the private
+  instance runs Ray's API server for such runs: ``start_local(state_api=True)``). Each trial
+  therefore also registers its placement group with a small named actor of the job, and the
+  run's :class:`GroupCleanup` callback has it removed as soon as the trial is no longer running.
 """
 
 from __future__ import annotations

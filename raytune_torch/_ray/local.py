@@ -17,7 +17,7 @@ log = logging.getLogger("raytune_torch")
 _GPU_DEVICE_NODES = ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/dxg", "/dev/kfd")
 
 
-def start_local(num_cpus: int | None = None, num_gpus: int | None = None) -> bool:
+def start_local(num_cpus: int | None = None, num_gpus: int | None = None, *, state_api: bool = False) -> bool:
     """Start a private Ray instance bound to 127.0.0.1, unless this process already has one.
 
     Never attaches to another Ray cluster running on the machine (``address="local"``).
@@ -26,6 +26,11 @@ def start_local(num_cpus: int | None = None, num_gpus: int | None = None) -> boo
     Where Ray's version allows (:mod:`.internals`), the instance starts one worker per CPU at
     once, each importing torch and the trial code while the driver sets up the Tuner, and the
     trials run in those workers.
+
+    ``state_api``: run Ray's API server (on 127.0.0.1, as a stock ``ray.init`` does), which the
+    instance otherwise goes without. Trials of several workers need it: Ray Train's placement-group
+    cleaner asks it whether the Train controller is alive; without it each query waits 40 s, every
+    Train run ends 12 s late and the cleaner of a stopped trial never exits.
     """
     if ray.is_initialized():
         return False
@@ -38,7 +43,8 @@ def start_local(num_cpus: int | None = None, num_gpus: int | None = None) -> boo
     if system_config:
         _workers_ready.start(int(num_cpus))
     try:
-        with internals.during(internals.NO_IDLE_DAEMONS, internals.QUIET_TOKEN_AUTH):
+        daemons = () if state_api else (internals.NO_IDLE_DAEMONS,)
+        with internals.during(*daemons, internals.QUIET_TOKEN_AUTH):
             ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
                      log_to_driver=False, logging_level=logging.WARNING, configure_logging=True,
                      **({"_system_config": system_config} if system_config else {}))
