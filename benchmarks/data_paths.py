@@ -52,22 +52,6 @@ def digits_datasets() -> dict:
     return {"train": TensorDataset(X_tr, y_tr), "val": TensorDataset(X_va, y_va)}
 
 
-class _Collect:
-    """A Reporter that keeps the metrics (no Ray, no checkpoints kept)."""
-
-    trial_id, trial_index, replay_after = "bench", 0, None
-
-    def __init__(self) -> None:
-        self.rows: list[dict] = []
-
-    def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
-        self.rows.append(dict(metrics))
-
-    @contextlib.contextmanager
-    def checkpoint_dir(self):
-        yield None
-
-
 def trial_rates(factory: str, epochs: int) -> list[float]:
     """samples_per_s of each epoch of one raytune_torch trial on ``factory``."""
     from raytune_torch.config import load_config
@@ -83,7 +67,7 @@ def trial_rates(factory: str, epochs: int) -> list[float]:
         "checkpoint": {"every": epochs},
     })
     data = load_data(config.data, config.task, config.seed, import_paths=config.import_paths)
-    reporter = _Collect()
+    reporter = workloads.Collect()
     with contextlib.redirect_stdout(None):  # the trial's start line
         run_trial({"optimizer__lr": LR}, config, data, reporter, cpus=1)
     return [row["samples_per_s"] for row in reporter.rows]

@@ -100,22 +100,6 @@ def experiment(channels: int, repeat: int, batch: int, epochs: int) -> dict:
 # Part 1: the trial in 1 and 2 gloo processes, no Ray
 
 
-class _Collect:
-    """A Reporter (raytune_torch.trainable) that keeps the metrics; no checkpoint to resume from."""
-
-    trial_id, trial_index, replay_after = "bench-ddp", 0, None
-
-    def __init__(self) -> None:
-        self.rows: list[dict] = []
-
-    def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
-        self.rows.append(dict(metrics))
-
-    @contextlib.contextmanager
-    def checkpoint_dir(self):
-        yield None
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -180,6 +164,7 @@ def _rank_main(rank: int, world: int, port: int, raw: dict, plain_steps: int, ou
     import torch
     import torch.distributed as dist
 
+    from benchmarks import workloads
     from raytune_torch.config import load_config
     from raytune_torch.data import load_data
     from raytune_torch.distributed import Group
@@ -191,7 +176,7 @@ def _rank_main(rank: int, world: int, port: int, raw: dict, plain_steps: int, ou
     try:
         config = load_config(raw)
         data = load_data(config.data, config.task, config.seed, import_paths=config.import_paths)
-        reporter = _Collect()
+        reporter = workloads.Collect()
         with contextlib.redirect_stdout(None):  # the trial's start line
             trial = run_trial(dict(raw["space"]), config, data, reporter, cpus=1,
                               group=Group(rank, world) if world > 1 else None)

@@ -7,6 +7,7 @@ import the models by reference).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import time
@@ -300,3 +301,20 @@ def contention(workload: Workload, processes: int, seconds: float = 3.0) -> dict
     return {"configuration": workload.key(cfg["lr"], cfg[workload.size_param]), "processes": processes,
             "solo_s_per_epoch": solo, "concurrent_s_per_epoch": together, "slowdown": slowdown,
             "parallel_efficiency_ceiling": 1.0 / slowdown}
+
+
+class Collect:
+    """A Reporter (raytune_torch.trainable) that keeps a trial's metrics: no Ray, no checkpoint to
+    resume from, none kept."""
+
+    trial_id, trial_index, replay_after = "bench", 0, None
+
+    def __init__(self) -> None:
+        self.rows: list[dict] = []
+
+    def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
+        self.rows.append(dict(metrics))
+
+    @contextlib.contextmanager
+    def checkpoint_dir(self):
+        yield None

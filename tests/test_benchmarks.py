@@ -233,8 +233,7 @@ def test_gpu_check_without_cuda_says_how_to_run_it():
     assert "run this on a machine with an NVIDIA GPU, or pass --smoke to check the script itself" in done.stderr
 
 
-@pytest.mark.slow
-@pytest.mark.ray
+@pytest.mark.slow  # not `ray`: it starts Ray instances of its own, and Ray 2.41 runs no trials of several workers
 def test_ddp_quick_prints_one_and_two_workers_per_trial_side_by_side(tmp_path):
     out = tmp_path / "ddp.json"
     done = _run_script(["benchmarks/ddp.py", "--quick", "--out", str(out)], 500)
