@@ -118,20 +118,47 @@ def test_no_gpu_driver_means_no_torch_import_before_ray_starts():
     assert out.stdout.split() == ["0", "False"]
 
 
-@pytest.mark.usefixtures("ray_session")
-def test_local_instance_runs_no_idle_daemons():
-    """The private instance has its GCS, raylet, the raylet's agents and workers, but none of the
-    Python daemons that have nothing to do on it: API server, autoscaler monitor, log monitor."""
+IDLE_DAEMONS = ("log_monitor.py", "autoscaler/_private/monitor.py")
+API_SERVER = "dashboard/dashboard.py"
+CHILDREN = """
+import contextlib, json, psutil
+from raytune_torch import _ray
+_ray.start_local(num_cpus=1, num_gpus=0)
+commands = []
+for child in psutil.Process().children(recursive=True):
+    with contextlib.suppress(psutil.Error):
+        commands.append(" ".join(child.cmdline()))
+_ray.shutdown()
+print(json.dumps(commands))
+"""
+
+
+def _children() -> list[str]:
     import psutil
 
     commands = []
     for child in psutil.Process().children(recursive=True):
         with contextlib.suppress(psutil.Error):
             commands.append(" ".join(child.cmdline()))
+    return commands
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_local_instance_runs_no_idle_daemons():
+    """The private instance has its GCS, raylet, the raylet's agents and workers, but none of the
+    Python daemons that have nothing to do on it: autoscaler monitor, log monitor, and the API
+    server unless trials of several workers need its State API (the test session's instance
+    starts it, as `run` does for them); a plain `start_local()` has none."""
+    commands = _children()
     assert any("gcs_server" in c for c in commands) and any("raylet" in c for c in commands), commands
-    idle = [c for c in commands if any(name in c for name in ("dashboard/dashboard.py", "log_monitor.py",
-                                                                 "autoscaler/_private/monitor.py"))]
-    assert idle == [], idle
+    assert [c for c in commands if any(name in c for name in IDLE_DAEMONS)] == []
+    assert any(API_SERVER in c for c in commands)  # state_api=True
+    done = subprocess.run([sys.executable, "-c", CHILDREN], capture_output=True, text=True, timeout=120,
+                          cwd=str(ROOT))
+    assert done.returncode == 0, done.stderr[-2000:]
+    plain = json.loads(done.stdout.strip().splitlines()[-1])
+    assert any("raylet" in c for c in plain), plain
+    assert [c for c in plain if any(name in c for name in (*IDLE_DAEMONS, API_SERVER))] == []
 
 
 @pytest.mark.usefixtures("ray_session")

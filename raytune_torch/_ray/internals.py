@@ -190,11 +190,15 @@ class NoIdleDaemons(Tweak):
     """No API server, autoscaler monitor or log monitor on the private instance: nothing uses
     them there (no dashboard, one node, ``log_to_driver=False``), ``ray.init`` waits for the API
     server before it starts the raylet, and each imports Ray while the workers import torch.
-    ``ray.init`` has no switch for them; ``RayParams`` has. Applied while ``ray.init`` runs."""
+    ``ray.init`` has no switch for them; ``RayParams`` has. Applied while ``ray.init`` runs.
+
+    ``api_server = True`` keeps the API server (Ray Train's placement-group cleaner asks its State
+    API about the Train controller: trials of several workers)."""
 
     name = "no_idle_daemons"
     verified = ((2, 41), (2, 60))
     touches = (("ray._private.parameter", "RayParams"), ("ray._private.node", "Node.start_api_server"))
+    api_server = False
 
     def _apply(self) -> None:
         from ray._private import node, parameter
@@ -208,7 +212,8 @@ class NoIdleDaemons(Tweak):
                 self.include_log_monitor = False
 
         self._set(parameter, "RayParams", _LocalParams)
-        self._set(node.Node, "start_api_server", lambda self, **kwargs: None)
+        if not self.api_server:
+            self._set(node.Node, "start_api_server", lambda self, **kwargs: None)
 
 
 class PreloadedWorkers(Tweak):

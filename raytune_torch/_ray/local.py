@@ -43,8 +43,8 @@ def start_local(num_cpus: int | None = None, num_gpus: int | None = None, *, sta
     if system_config:
         _workers_ready.start(int(num_cpus))
     try:
-        daemons = () if state_api else (internals.NO_IDLE_DAEMONS,)
-        with internals.during(*daemons, internals.QUIET_TOKEN_AUTH):
+        internals.NO_IDLE_DAEMONS.api_server = state_api
+        with internals.during(internals.NO_IDLE_DAEMONS, internals.QUIET_TOKEN_AUTH):
             ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
                      log_to_driver=False, logging_level=logging.WARNING, configure_logging=True,
                      **({"_system_config": system_config} if system_config else {}))
