@@ -20,10 +20,12 @@ os.chdir(ROOT)  # and so does every Ray worker (Ray adds the driver's working di
 @pytest.fixture(scope="session")
 def ray_session():
     """A private local Ray instance (127.0.0.1 only) shared by the session; stopped by its handle.
-    With Ray's API server, as `run` starts it for trials of several workers (Ray Train needs it)."""
+    With Ray's API server where this Ray runs trials of several workers, as `run` starts it for
+    them (Ray Train needs its State API); without it on older Ray, as `run` starts it there."""
     from raytune_torch import _ray
+    from raytune_torch._ray.group import support_error
 
-    started = _ray.start_local(num_cpus=2, num_gpus=0, state_api=True)
+    started = _ray.start_local(num_cpus=2, num_gpus=0, state_api=support_error() is None)
     yield
     if started:
         _ray.shutdown()

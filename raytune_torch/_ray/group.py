@@ -29,7 +29,6 @@ import contextlib
 import logging
 import os
 import threading
-import time
 import uuid
 from typing import Any
 
@@ -133,7 +132,6 @@ def _group_trial(params: dict[str, Any], trial_fn: TrialFunction | None = None, 
 
     thread = threading.Thread(target=fit, daemon=True, name=f"train-fit-{reporter.trial_id}")
     thread.start()
-    log.debug("trial %s: Train run %s started at %.1f s", reporter.trial_id, name, time.monotonic())
     pg = None
     try:
         while True:
