@@ -298,28 +298,18 @@ def iterate_batches(X, y, batch_size: int, *, shuffle: bool, generator=None, gro
     """
     import torch
 
+    from .distributed import shard_rows
+
     n = len(X)
+    if not shuffle and group is None:
+        for start in range(0, n, batch_size):
+            yield X[start:start + batch_size], y[start:start + batch_size]  # views, no copy
+        return
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
     if order.device != X.device:
         order = order.to(X.device)  # X cached on a GPU: index it there
     for start in range(0, n, batch_size):
         idx = shard_rows(order[start:start + batch_size], group, share)
-        if idx is None:
-            continue
-        if not shuffle and group is None:
-            yield X[start:start + batch_size], y[start:start + batch_size]  # views, no copy
-        else:
+        if idx is not None:
             yield X[idx], y[idx]
 
-
-def shard_rows(idx, group, share=None):
-    """This rank's rows of one global batch ``idx`` (all of them without a group), or None when the
-    batch has fewer rows than workers; sets ``share`` to this rank's part of the batch."""
-    if group is None:
-        return idx
-    if len(idx) < group.world:
-        return None
-    mine = idx[group.rank::group.world]
-    if share is not None:
-        share.weight = len(mine) / len(idx)
-    return mine

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .data import iterate_batches, shard_rows
+from .data import iterate_batches
+from .distributed import shard_rows
 
 __all__ = ["CACHE_SHARE", "CachePlan", "plan_cache", "trial_gpu_memory",
            "tensor_bytes", "place", "device_batches", "gathered", "pinned"]
@@ -121,7 +122,7 @@ def device_batches(X: torch.Tensor, y: torch.Tensor, batch_size: int, device: to
     GPU are gathered straight into pinned buffers (``pin``: default, when ``device`` is CUDA) and
     copied ``non_blocking``; torch's pinned-memory cache reuses a buffer once its copy is done.
 
-    With a ``group``, only this rank's rows of each global batch (see :func:`~raytune_torch.data.shard_rows`).
+    With a ``group``, only this rank's rows of each global batch (see :func:`~raytune_torch.distributed.shard_rows`).
     """
     if X.device == device:
         yield from iterate_batches(X, y, batch_size, shuffle=shuffle, generator=generator, group=group, share=share)

@@ -29,8 +29,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ["Group", "BatchShare", "wrap", "shard", "global_batch_sizes", "ShardedBatchSampler", "weighted", "gather",
-           "check_ddp_model", "rank_seed"]
+__all__ = ["Group", "BatchShare", "wrap", "shard_rows", "shard", "global_batch_sizes", "ShardedBatchSampler",
+           "weighted", "gather", "check_ddp_model", "rank_seed"]
 
 
 @dataclass(frozen=True)
@@ -86,17 +86,27 @@ def global_batch_sizes(n: int, batch_size: int, drop_last: bool = False) -> list
     return sizes
 
 
+def shard_rows(idx: Any, group: Group | None, share: BatchShare | None = None) -> Any:
+    """This rank's rows (every Nth, ``[rank::N]``) of one global batch ``idx`` (indices or a tensor
+    of rows; all of them without a group), or None when the batch has fewer rows than workers; sets
+    ``share`` to this rank's part of the batch."""
+    if group is None:
+        return idx
+    if len(idx) < group.world:
+        return None
+    mine = idx[group.rank::group.world]
+    if share is not None:
+        share.weight = len(mine) / len(idx)
+    return mine
+
+
 def shard(batches: Iterator[tuple[torch.Tensor, torch.Tensor]], group: Group,
           share: BatchShare | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Every rank reads the same global batches; each keeps every Nth row (``[rank::N]``) and sets
-    ``share``. A global batch with fewer rows than workers is skipped."""
+    """Every rank reads the same global batches and keeps its rows of each (:func:`shard_rows`)."""
     for xb, yb in batches:
-        if len(xb) < group.world:
-            continue
-        mine = xb[group.rank::group.world], yb[group.rank::group.world]
-        if share is not None:
-            share.weight = len(mine[0]) / len(xb)
-        yield mine
+        mine = shard_rows(xb, group, share)
+        if mine is not None:
+            yield mine, yb[group.rank::group.world]
 
 
 def weighted(batches: Iterator[tuple[torch.Tensor, torch.Tensor]], sizes: list[int],

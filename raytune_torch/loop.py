@@ -12,7 +12,7 @@ from torch import nn
 from .metrics import Metric, compute, resolve_metrics
 
 __all__ = ["AUTOCAST_DTYPES", "CHECK_EVERY", "StepContext", "autocast", "make_scaler", "default_step", "train_epoch",
-           "predict", "evaluate", "evaluate_parts", "compute_metrics"]
+           "predict", "evaluate", "evaluate_parts", "metrics_from_parts", "compute_metrics"]
 
 # The autocast dtype of each train.precision (None: no autocast, float32 throughout).
 AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {"32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -153,8 +153,13 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tenso
 
     The loss is summed on the device and the outputs are kept there; both are read back once.
     """
-    total, count, outs, ys = evaluate_parts(model, batches, loss_fn, device, keep_outputs=bool(metrics),
-                                            precision=precision)
+    parts = evaluate_parts(model, batches, loss_fn, device, keep_outputs=bool(metrics), precision=precision)
+    return metrics_from_parts(task, metrics, *parts)
+
+
+def metrics_from_parts(task: str, metrics: Sequence[str | Metric], total: float, count: int, outs: Any,
+                       ys: Any) -> dict[str, float]:
+    """:func:`evaluate`'s result from :func:`evaluate_parts`' (summed over ranks, for several workers)."""
     result = {"loss": total / max(count, 1)}
     if outs is not None:
         result.update(compute_metrics(task, outs, ys, metrics))

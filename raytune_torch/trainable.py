@@ -45,7 +45,8 @@ from .config.stop import reached, target_modes
 from .data import Splits, as_tensors
 from .device_data import CachePlan, device_batches, pinned, place, plan_cache, tensor_bytes, trial_gpu_memory
 from .distributed import BatchShare, Group, check_ddp_model, gather, rank_seed, wrap
-from .loop import CHECK_EVERY, StepContext, compute_metrics, default_step, evaluate_parts, make_scaler, train_epoch
+from .loop import (CHECK_EVERY, StepContext, default_step, evaluate_parts, make_scaler, metrics_from_parts,
+                   train_epoch)
 from .metrics import resolve_metrics
 from .space import active_params
 
@@ -340,11 +341,7 @@ class Trial:
             outs = [p[2] for p in every if p[2] is not None]
             ys = [p[3] for p in every if p[3] is not None]
             parts = (total, count, torch.cat(outs) if outs else None, torch.cat(ys) if ys else None)
-        total, count, outs, ys = parts
-        result = {"loss": total / max(count, 1)}
-        if outs is not None:
-            result.update(compute_metrics(self.task, outs, ys, self.metrics))
-        return result
+        return metrics_from_parts(self.task, self.metrics, *parts)
 
     def _reduce_epoch(self, train_loss: float, elapsed: float) -> tuple[float, float]:
         """In a group: the training loss over every rank's rows, the slowest rank's epoch time, and
