@@ -127,6 +127,23 @@ def test_an_unverified_ray_or_a_missing_attribute_keeps_stock_behaviour_with_one
     assert tweak.applied is False
 
 
+def test_hyperband_is_settled_on_a_verified_ray_and_stock_elsewhere_with_one_log_line(monkeypatch, caplog):
+    from ray.tune import schedulers
+
+    settled = internals.SettledHyperBand()
+    assert settled.problem() is None  # the Rays CI runs are verified
+    assert issubclass(settled.scheduler_class(bohb=False), schedulers.HyperBandScheduler)
+    assert settled.scheduler_class(bohb=False) is not schedulers.HyperBandScheduler
+    assert issubclass(settled.scheduler_class(bohb=True), schedulers.HyperBandForBOHB)
+    monkeypatch.setattr(type(settled), "verified", ((1, 0), (1, 9)))
+    with caplog.at_level(logging.INFO, logger="raytune_torch"):
+        assert settled.scheduler_class(bohb=False) is schedulers.HyperBandScheduler
+        assert settled.scheduler_class(bohb=True) is schedulers.HyperBandForBOHB
+    lines = [r.getMessage() for r in caplog.records if r.name == "raytune_torch"]
+    assert lines == [f"raytune-torch: settled_hyperband left to Ray's stock behaviour "
+                     f"(verified on Ray 1.0-1.9, this is Ray {ray.__version__})"]
+
+
 def test_ray_outside_the_tested_range_is_a_clear_error(monkeypatch):
     monkeypatch.delenv(version.ANY_RAY_ENV, raising=False)
     version.check(ray.__version__)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -200,6 +201,8 @@ def test_pruning_schedulers_stop_bad_trials_early(experiment, scheduler, space):
         # and sequential arrival makes the test deterministic.
         experiment["search"]["max_concurrent"] = 1
     result = rt.run(experiment, quiet=True)
+    for error in Path(result.run_dir).rglob("error.txt"):  # Tune restarted a failed trial: say why
+        warnings.warn(f"{error}: {error.read_text()[-2000:]}", stacklevel=1)
     trials = result.trials()
     n = len(trials)
     assert n == (10 if scheduler["name"] == "hyperband" else 4)
@@ -207,6 +210,56 @@ def test_pruning_schedulers_stop_bad_trials_early(experiment, scheduler, space):
     assert "pruned" in set(trials["status"])
     best_lr = result.best_config["optimizer__lr"]
     assert best_lr in (0.01, 0.03)
+
+
+# Steps that fail one trial once (a marker file says it did). FAILS_IN_SECOND_EPOCH: the first
+# trial of lr 1e-5, in its second epoch. FAILS_AFTER_RESUMING: the first trial HyperBand resumes
+# from a pause (its optimizer comes with state), late in the stage, when the trial it races has
+# reached the milestone and waits, paused.
+FAILING_STEP = """
+import os
+from raytune_torch.loop import default_step
+
+MARK = {mark!r}
+_calls, _resumed = {{}}, {{}}
+
+
+def step(ctx, xb, yb):
+    key = id(ctx.model)
+    _resumed.setdefault(key, bool(ctx.optimizer.state))
+    _calls[key] = _calls.get(key, 0) + 1
+    if ({condition}) and not os.path.exists(MARK):
+        open(MARK, "w").close()
+        raise RuntimeError("injected failure")
+    return default_step(ctx, xb, yb)
+"""
+FAILS_IN_SECOND_EPOCH = 'ctx.optimizer.param_groups[0]["lr"] == 1e-5 and _calls[key] > 15'
+FAILS_AFTER_RESUMING = "_resumed[key] and _calls[key] == 10"
+
+
+@pytest.mark.parametrize("condition, max_failures", [(FAILS_IN_SECOND_EPOCH, 2), (FAILS_AFTER_RESUMING, 0)],
+                         ids=["retried-failure-finishes-the-bracket", "final-failure-after-a-halving"])
+def test_hyperband_goes_on_when_a_trial_fails_in_a_bracket(experiment, write_module, tmp_path, condition,
+                                                           max_failures):
+    # Ray's stock HyperBand waits forever in both cases (see SettledHyperBand): a failure that
+    # leaves the bracket finished, its other trials paused at the last milestone, stops nothing;
+    # after a bracket's first halving, a failure no longer halves it again.
+    mark = tmp_path / "failed"
+    experiment["import_paths"] = [str(tmp_path)]
+    experiment["max_failures"] = max_failures
+    experiment["space"] = HYPERBAND
+    step = write_module(FAILING_STEP.format(mark=str(mark), condition=condition))
+    experiment["train"].update(max_epochs=4, step=f"{step}:step")
+    experiment["scheduler"] = {"name": "hyperband", "reduction_factor": 2}
+    experiment["search"]["time_budget_s"] = 150  # a run that hangs ends here, and fails below
+    result = rt.run(experiment, quiet=True)
+    best = json.loads(Path(result.run_dir, "best.json").read_text())
+    assert mark.exists() and "injected failure" in "".join(p.read_text() for p in Path(result.run_dir).rglob("error.txt"))
+    assert "stopped_by" not in best, best["stopped_by"]
+    trials = result.trials()
+    assert len(trials) == 10
+    expected = {"completed", "pruned"} | ({"error"} if max_failures == 0 else set())
+    assert set(trials["status"]) <= expected, trials[["config/optimizer__lr", "epochs", "status"]]
 
 
 def test_hyperband_refuses_a_concurrency_limit(experiment):

@@ -307,6 +307,77 @@ class CheckpointFromResult(Tweak):
 
 
 # ------------------------------------------------------------------------------------------------
+# Correctness: HyperBand goes on after a trial of a bracket fails or ends on its own
+
+
+class SettledHyperBand(Tweak):
+    """Ray's HyperBand judges a bracket when a trial of it reports, and when one leaves it (an
+    error, a trial that ends on its own), but in two cases a departure leaves the bracket unjudged
+    and the run waits forever (every other trial of the bracket paused, nothing left to report):
+
+    - the departure finishes the bracket (the others wait, paused, at the last milestone): stock
+      ``on_trial_remove`` processes only brackets that are not finished, and stops nothing;
+    - the bracket was halved once before: ``is_being_processed`` stays set for good after the first
+      halving (it guards against nested processing), and the paused trials are never halved again.
+
+    This is no patch: :meth:`scheduler_class` gives subclasses of Ray's schedulers (in
+    ``hyperband.py``; they override public methods only) whose
+    ``on_trial_remove`` judges the bracket in those cases (stop the paused trials of a finished
+    bracket; halve one whose live trials all reached the milestone), never while Ray judges it.
+    On an unverified Ray, Ray's stock scheduler runs (one log line).
+    """
+
+    name = "settled_hyperband"
+    verified = ((2, 41), (2, 60))
+    touches = (("ray.tune.schedulers.hyperband", "HyperBandScheduler._process_bracket"),
+               ("ray.tune.schedulers.hyperband", "HyperBandScheduler.on_trial_remove"),
+               ("ray.tune.schedulers.hyperband", "_Bracket.finished"),
+               ("ray.tune.schedulers.hyperband", "_Bracket.cur_iter_done"),
+               ("ray.tune.schedulers.hyperband", "_Bracket.cleanup_full"))
+    optional = False
+
+    def scheduler_class(self, bohb: bool) -> type:
+        """The settled HyperBand (for BOHB with ``bohb``), or Ray's stock one on an unverified Ray."""
+        from ray.tune import schedulers
+
+        problem = self.problem()
+        if problem is None:
+            from . import hyperband
+
+            return hyperband.SettledHyperBandForBOHB if bohb else hyperband.SettledHyperBandScheduler
+        if not self._refused:
+            log.info("raytune-torch: %s left to Ray's stock behaviour (%s)", self.name, problem)
+            self._refused = True
+        return schedulers.HyperBandForBOHB if bohb else schedulers.HyperBandScheduler
+
+    @staticmethod
+    @contextlib.contextmanager
+    def judging(scheduler: Any) -> Iterator[None]:
+        """Marks the time ``scheduler`` may judge a bracket (in ``on_trial_result``, or here): it
+        stops trials from inside, and each stop comes back through ``on_trial_remove``."""
+        scheduler._rtt_judging = getattr(scheduler, "_rtt_judging", 0) + 1
+        try:
+            yield
+        finally:
+            scheduler._rtt_judging -= 1
+
+    def on_trial_remove(self, scheduler: Any, stock_remove: Any, tune_controller: Any, trial: Any) -> None:
+        """Ray's ``on_trial_remove`` (``stock_remove``), then the judgement it leaves out."""
+        bracket = scheduler._trial_info[trial][0]
+        stock_remove(tune_controller, trial)
+        if getattr(scheduler, "_rtt_judging", 0):
+            return
+        with self.judging(scheduler):
+            if bracket.finished():
+                bracket.cleanup_full(tune_controller)  # stop the trials paused at the last milestone
+            elif bracket.is_being_processed and bracket.current_trials() and bracket.cur_iter_done():
+                scheduler._process_bracket(tune_controller, bracket)  # halve the bracket again
+
+    def _apply(self) -> None:  # nothing to patch: see scheduler_class
+        pass
+
+
+# ------------------------------------------------------------------------------------------------
 # Optuna: a sampler Tune can pickle
 
 #: Optuna versions on which NSGA-II's ``_thread_lock`` was verified (inclusive, exclusive)
@@ -428,6 +499,7 @@ QUIET_TOKEN_AUTH = QuietDefaultTokenAuth()
 NO_IDLE_DAEMONS = NoIdleDaemons()
 PRELOADED_WORKERS = PreloadedWorkers()
 CHECKPOINT_FROM_RESULT = CheckpointFromResult()
+SETTLED_HYPERBAND = SettledHyperBand()  # a scheduler class, not a patch: not in ALL
 ALL = (LOOPBACK, QUIET_TOKEN_AUTH, NO_IDLE_DAEMONS, PRELOADED_WORKERS, CHECKPOINT_FROM_RESULT)
 
 

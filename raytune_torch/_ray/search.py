@@ -402,10 +402,12 @@ def build_scheduler(config: Any) -> Any:
     if name == "asha":
         return s.ASHAScheduler(time_attr="epoch", max_t=max_t, grace_period=opts["grace_period"],
                                reduction_factor=opts["reduction_factor"], brackets=opts["brackets"])
-    if name == "hyperband" and config.search.algorithm == "bohb":
-        return s.HyperBandForBOHB(time_attr="epoch", max_t=max_t, reduction_factor=opts["reduction_factor"])
     if name == "hyperband":
-        return s.HyperBandScheduler(time_attr="epoch", max_t=max_t, reduction_factor=opts["reduction_factor"])
+        from .internals import SETTLED_HYPERBAND
+
+        # Ray's HyperBand can wait forever after a trial fails in a bracket; see SettledHyperBand
+        hyperband = SETTLED_HYPERBAND.scheduler_class(bohb=config.search.algorithm == "bohb")
+        return hyperband(time_attr="epoch", max_t=max_t, reduction_factor=opts["reduction_factor"])
     if name == "median":
         return s.MedianStoppingRule(time_attr="epoch", grace_period=opts["grace_period"],
                                     min_samples_required=opts["min_samples_required"])
