@@ -13,6 +13,7 @@ import socket
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -149,6 +150,36 @@ def test_two_workers_match_one_on_torch_datasets(tmp_path, iterable):
     an iterable one: every rank reads it and keeps its rows. Either way one worker's batches."""
     raw = {**BASE, "data": {"factory": "helpers_steps:digits_datasets", "factory_args": {"iterable": iterable},
                             "loader": {"num_workers": 0}}}
+    one = run_single(raw).stable()
+    two = run_group(raw, tmp_path / "two")[0]
+    close(two, one)
+    assert two[-1]["val_accuracy"] > 0.5
+
+
+@pytest.mark.slow
+def test_two_workers_match_one_on_a_streamed_parquet_table(tmp_path):
+    """A table streamed in record batches: every rank reads the same shuffled batches and keeps
+    its rows of each, so the group trains on one worker's global batches."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    columns = {f"f{i}": (x[:, i] / 16).astype(np.float32) for i in range(x.shape[1])}
+    pq.write_table(pa.table({**columns, "label": y.astype(np.int64)}), tmp_path / "digits.parquet",
+                   row_group_size=100)
+    raw = {**BASE, "data": {"parquet": str(tmp_path / "digits.parquet"), "label": "label", "stream": True}}
+    # each rank keeps every other row of each shuffled global batch: together, one worker's batch
+    cfg = load_config(raw)
+    stream = load_data(cfg.data, cfg.task, cfg.seed)
+
+    def rows(group):
+        return [xb for xb, _ in stream.batches("train", 99, generator=torch.Generator().manual_seed(3), group=group)]
+
+    whole, first, second = rows(None), rows(Group(0, 2)), rows(Group(1, 2))
+    assert len(whole) == len(first) == len(second) > 10
+    for w, a, b in zip(whole, first, second):
+        assert len(a) + len(b) == len(w) and torch.equal(a, w[0::2]) and torch.equal(b, w[1::2])
     one = run_single(raw).stable()
     two = run_group(raw, tmp_path / "two")[0]
     close(two, one)
