@@ -12,7 +12,9 @@ from ray.tune.schedulers import HyperBandForBOHB, HyperBandScheduler
 from .internals import SETTLED_HYPERBAND
 
 
-class SettledHyperBandScheduler(HyperBandScheduler):
+class _Settled:
+    """Mixed in before one of Ray's HyperBand schedulers."""
+
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
         with SETTLED_HYPERBAND.judging(self):
             return super().on_trial_result(tune_controller, trial, result)
@@ -21,10 +23,9 @@ class SettledHyperBandScheduler(HyperBandScheduler):
         SETTLED_HYPERBAND.on_trial_remove(self, super().on_trial_remove, tune_controller, trial)
 
 
-class SettledHyperBandForBOHB(HyperBandForBOHB):
-    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
-        with SETTLED_HYPERBAND.judging(self):
-            return super().on_trial_result(tune_controller, trial, result)
+class SettledHyperBandScheduler(_Settled, HyperBandScheduler):
+    pass
 
-    def on_trial_remove(self, tune_controller: Any, trial: Any) -> None:
-        SETTLED_HYPERBAND.on_trial_remove(self, super().on_trial_remove, tune_controller, trial)
+
+class SettledHyperBandForBOHB(_Settled, HyperBandForBOHB):
+    pass
