@@ -321,10 +321,10 @@ class SettledHyperBand(Tweak):
       halving (it guards against nested processing), and the paused trials are never halved again.
 
     This is no patch: :meth:`scheduler_class` gives subclasses of Ray's schedulers (in
-    ``hyperband.py``; they override public methods only) whose
-    ``on_trial_remove`` judges the bracket in those cases (stop the paused trials of a finished
-    bracket; halve one whose live trials all reached the milestone), never while Ray judges it.
-    On an unverified Ray, Ray's stock scheduler runs (one log line).
+    ``hyperband.py``; they override public methods only) whose ``on_trial_remove`` judges the
+    bracket in those cases (stop the paused trials of a finished bracket; halve one whose live
+    trials all reached the milestone), never while Ray judges it. On an unverified Ray, Ray's
+    stock scheduler runs (one log line).
     """
 
     name = "settled_hyperband"
@@ -333,7 +333,8 @@ class SettledHyperBand(Tweak):
                ("ray.tune.schedulers.hyperband", "HyperBandScheduler.on_trial_remove"),
                ("ray.tune.schedulers.hyperband", "_Bracket.finished"),
                ("ray.tune.schedulers.hyperband", "_Bracket.cur_iter_done"),
-               ("ray.tune.schedulers.hyperband", "_Bracket.cleanup_full"))
+               ("ray.tune.schedulers.hyperband", "_Bracket.cleanup_full"),
+               ("ray.tune.schedulers.hyperband", "_Bracket.current_trials"))
     optional = False
 
     def scheduler_class(self, bohb: bool) -> type:
