@@ -21,12 +21,6 @@ def slow_step(ctx, xb, yb):
     return default_step(ctx, xb, yb)
 
 
-def paced_step(ctx, xb, yb):
-    """The default step at about 0.2 s a batch: trials that start seconds apart still overlap."""
-    time.sleep(0.2)
-    return default_step(ctx, xb, yb)
-
-
 def failing_step(ctx, xb, yb):
     """Fails every trial whose learning rate is 0.03 once it has trained a few batches."""
     global _calls

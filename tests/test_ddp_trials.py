@@ -131,31 +131,6 @@ def test_asha_stops_two_worker_trials_and_their_workers_go(tmp_path):
     wait_until_freed()  # the stopped trials' workers and placement groups are gone
 
 
-@pytest.mark.slow
-@needs_train_v2
-def test_pbt_exploits_into_two_worker_trials(tmp_path):
-    # Two groups at once (4 ranks of half a CPU), epochs of about 3 s so that they overlap although
-    # each group starts on its own clock. At each epoch the worse trial may take the better one's
-    # checkpoint (rank 0's, every rank's RNG inside) and a mutated learning rate.
-    exp = experiment(tmp_path, "pbt", train={"max_epochs": 4, "step": "tests.helpers_steps:paced_step"},
-                     space={"optimizer__lr": {"type": "grid", "values": [0.1, 0.001]}},
-                     search={"algorithm": "grid", "metric": "val_loss"},
-                     scheduler={"name": "pbt", "perturbation_interval": 1, "quantile_fraction": 0.5},
-                     resources={"cpu": 0.5, "workers": 2})
-    result = rt.run(exp, quiet=True)
-    policy = (Path(result.run_dir) / "pbt_global.txt").read_text().strip().splitlines()
-    assert policy, "PBT never exploited a trial"
-    table = result.table
-    assert table.groupby("trial_id")["epoch"].max().eq(4).all()
-    assert set(table["workers"]) == {2}
-    # Alone, lr 0.001 stays near chance (val_loss about 2.2 after 4 epochs); the trial that took the
-    # better one's weights ends near it.
-    last = table.sort_values("epoch").groupby("trial_id").tail(1)
-    assert (last["val_loss"] < 1.0).all(), table[["trial_id", "epoch", "lr", "val_loss"]]
-    assert set(result.trials()["status"]) == {"completed"}
-    wait_until_freed()
-
-
 def _epochs(run_dir: Path) -> dict[str, int]:
     out = {}
     for path in run_dir.glob("trial_*/history.jsonl"):
