@@ -106,7 +106,7 @@ def shard(batches: Iterator[tuple[torch.Tensor, torch.Tensor]], group: Group,
     for xb, yb in batches:
         mine = shard_rows(xb, group, share)
         if mine is not None:
-            yield mine, yb[group.rank::group.world]
+            yield mine, shard_rows(yb, group)
 
 
 def weighted(batches: Iterator[tuple[torch.Tensor, torch.Tensor]], sizes: list[int],
